@@ -1,0 +1,169 @@
+"""Read activations: `capture(subject, texts, sites) -> Activations`.
+
+Batched and padding-aware (padding rows never come back), deterministic, and the forward pass
+stops right after the deepest requested block, so reading layer 7 of 30 costs ~8 blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import Subject
+from .sites import Site, hook_site
+
+Positions = str | slice | int  # "all" | "last" | slice over each text's tokens | one index
+
+
+@dataclass
+class Activations:
+    """Rows of activations with where each came from.
+
+    acts[site] is [n_rows, d]; row i is token `token_ids[i]` at `positions[i]` of text `text_idx[i]`.
+    """
+
+    acts: dict[str, torch.Tensor]
+    token_ids: torch.Tensor  # [n_rows] long
+    text_idx: torch.Tensor  # [n_rows] long, index into the texts given to capture
+    positions: torch.Tensor  # [n_rows] long, token position inside that text
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        if site not in self.acts:
+            raise KeyError(f"site {site!r} was not captured; captured: {sorted(self.acts)}")
+        return self.acts[site]
+
+    def __len__(self) -> int:
+        return self.token_ids.shape[0]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.acts)
+
+    def select(self, mask: torch.Tensor) -> "Activations":
+        """Rows where mask [n_rows] is True (or the given row indices)."""
+        return Activations(
+            {s: a[mask] for s, a in self.acts.items()}, self.token_ids[mask], self.text_idx[mask], self.positions[mask]
+        )
+
+    @staticmethod
+    def cat(parts: Sequence["Activations"]) -> "Activations":
+        return Activations(
+            {s: torch.cat([p.acts[s] for p in parts]) for s in parts[0].acts},
+            torch.cat([p.token_ids for p in parts]),
+            torch.cat([p.text_idx for p in parts]),
+            torch.cat([p.positions for p in parts]),
+        )
+
+
+class _Stop(Exception):
+    """Raised by a hook after the deepest site: the rest of the forward pass is not needed."""
+
+
+def tokenize(subject: Subject, texts: Sequence[str], max_length: int | None, add_special_tokens: bool = True):
+    """Right-padded batch: input_ids, attention_mask [batch, seq]."""
+    tok = subject.tokenizer
+    tok.padding_side = "right"
+    return tok(
+        list(texts),
+        return_tensors="pt",
+        padding=True,
+        truncation=max_length is not None,
+        max_length=max_length,
+        add_special_tokens=add_special_tokens,
+    )
+
+
+def _keep_mask(attention_mask: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """[batch, seq] bool: the rows to keep, chosen among each text's real (unpadded) tokens."""
+    real = attention_mask.bool()  # [batch, seq]
+    if positions == "all":
+        return real
+    lengths = real.sum(1)  # [batch]
+    keep = torch.zeros_like(real)
+    for b, n in enumerate(lengths.tolist()):
+        if positions == "last":
+            idx = [n - 1] if n else []
+        elif isinstance(positions, int):
+            idx = [positions % n] if -n <= positions < n else []
+        elif isinstance(positions, slice):
+            idx = list(range(n))[positions]
+        else:
+            raise ValueError(f"positions must be 'all', 'last', an int or a slice; got {positions!r}")
+        keep[b, idx] = True
+    return keep
+
+
+def _batches(n: int, batch_size: int) -> Iterator[range]:
+    for start in range(0, n, batch_size):
+        yield range(start, min(n, start + batch_size))
+
+
+@torch.no_grad()
+def capture(
+    subject: Subject,
+    texts: Sequence[str],
+    sites: Sequence[str] | str,
+    batch_size: int = 16,
+    max_length: int | None = 128,
+    positions: Positions = "all",
+    add_special_tokens: bool = True,
+    dtype: torch.dtype = torch.float32,
+    progress: bool | None = None,
+) -> Activations:
+    """Run the subject on texts and return the activations at the sites (on CPU, in `dtype`)."""
+    if isinstance(sites, str):
+        sites = [sites]
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string: wrap it as [text]")
+    parsed: list[Site] = [subject.site(s) for s in sites]
+    names = [str(s) for s in parsed]
+    deepest = max(s.layer for s in parsed)
+    model = subject.model
+    if progress is None:
+        progress = len(texts) > 4 * batch_size
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str):
+        def fn(act: torch.Tensor):
+            seen[name] = act
+            return None
+
+        return fn
+
+    def stopper(act: torch.Tensor):
+        raise _Stop
+
+    handles = [hook_site(model, s, recorder(n)) for s, n in zip(parsed, names)]
+    # registered after the recorders, so on the deepest block they run first
+    handles.append(hook_site(model, Site(deepest, "resid"), stopper))
+    parts: list[Activations] = []
+    try:
+        for idx in tqdm(list(_batches(len(texts), batch_size)), desc="capture", disable=not progress):
+            enc = tokenize(subject, [texts[i] for i in idx], max_length, add_special_tokens)
+            ids = enc["input_ids"].to(subject.device)  # [batch, seq]
+            mask = enc["attention_mask"].to(subject.device)  # [batch, seq]
+            seen.clear()
+            try:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            except _Stop:
+                pass
+            keep = _keep_mask(mask.cpu(), positions)  # [batch, seq]
+            b_idx, p_idx = keep.nonzero(as_tuple=True)  # [n_rows] each
+            parts.append(
+                Activations(
+                    {n: seen[n][keep.to(seen[n].device)].to("cpu", dtype) for n in names},  # [n_rows, d]
+                    ids.cpu()[keep],
+                    torch.as_tensor(list(idx))[b_idx],
+                    p_idx,
+                )
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    if not parts:
+        return Activations({n: torch.empty(0, subject.width(n), dtype=dtype) for n in names}, *(torch.empty(0, dtype=torch.long),) * 3)
+    return Activations.cat(parts)

@@ -1,0 +1,139 @@
+"""`metalens ...`: thin commands, each a call into the library. Every command takes --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Read what a language model is thinking.")
+console = Console(stderr=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="local HF model dir; default: SmolLM2-135M-Instruct")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
+
+
+def emit(obj, as_json: bool, human=None) -> None:
+    """JSON on stdout for --json, otherwise the human rendering (or pretty JSON)."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    elif human is not None:
+        human()
+    else:
+        console.print_json(json.dumps(obj, default=str))
+
+
+def _load(model: Optional[str], device: str):
+    from .models import load_subject
+
+    with console.status(f"loading {model or 'SmolLM2-135M-Instruct'}"):
+        return load_subject(model, device=device)
+
+
+def read_texts(path: Path) -> list[str]:
+    """A .txt file (one text per line) or .jsonl ({"text": ...} per line)."""
+    if not path.exists():
+        raise typer.BadParameter(f"texts file {str(path)!r} does not exist")
+    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    texts = []
+    for i, line in enumerate(lines, 1):
+        try:
+            texts.append(json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise typer.BadParameter(f"{path}:{i}: expected a JSON object with a 'text' field ({e})") from None
+    return texts
+
+
+@app.command()
+def info(model: Optional[str] = ModelOpt, device: str = DeviceOpt, as_json: bool = JsonOpt):
+    """Model facts and the sites you can read and write."""
+    s = _load(model, device)
+    facts = dict(
+        name=s.name, path=s.path, model_type=s.model.config.model_type, n_layers=s.n_layers, d_model=s.d_model,
+        d_mlp=s.d_mlp, vocab=s.model.config.vocab_size, n_params=sum(p.numel() for p in s.model.parameters()),
+        dtype=str(s.dtype).removeprefix("torch."), device=str(s.device), fingerprint=s.fingerprint,
+        sites=[f"{k}.0..{k}.{s.n_layers - 1}" for k in ("resid", "attn", "mlp", "neurons")],
+    )
+
+    def human():
+        t = Table(title=f"metalens: {s.name}", show_header=False)
+        for k, v in facts.items():
+            t.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+        Console().print(t)
+
+    emit(facts, as_json, human)
+
+
+@app.command()
+def capture(
+    texts: Path = typer.Option(..., "--texts", help=".txt (one per line) or .jsonl with a 'text' field"),
+    sites: str = typer.Option(..., "--sites", help="comma-separated, e.g. resid.15,mlp.3"),
+    out: Path = typer.Option(..., "--out", help="store directory (resumes if it holds this capture)"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(16, help="texts per forward pass"),
+    max_length: int = typer.Option(128, help="tokens per text (longer texts are truncated)"),
+    positions: str = typer.Option("all", help="all | last"),
+    dtype: str = typer.Option("float32", help="storage dtype: float32 | bfloat16 | float16"),
+    texts_per_shard: int = typer.Option(256, help="texts per shard (the unit of resume)"),
+    as_json: bool = JsonOpt,
+):
+    """Capture activations of texts at sites into an ActivationStore (resumable)."""
+    from .results import ResultsDB
+    from .store import capture_to_store
+
+    data = read_texts(texts)
+    s = _load(model, device)
+    site_list = [x.strip() for x in sites.split(",") if x.strip()]
+    for x in site_list:
+        try:
+            s.site(x)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--sites") from None
+    config = dict(texts=str(texts), sites=site_list, out=str(out), model=s.name, batch_size=batch_size,
+                  max_length=max_length, positions=positions, dtype=dtype)
+    db = ResultsDB()
+    with db.run("capture", config) as run:
+        store = capture_to_store(s, data, site_list, out, source=str(texts), texts_per_shard=texts_per_shard,
+                                 batch_size=batch_size, max_length=max_length, positions=positions, dtype=dtype,
+                                 progress=not as_json)
+        run.outputs["store"] = str(out)
+    m = store.manifest
+    summary = dict(out=str(out), rows=m.n_rows, texts=m.texts_done, shards=len(m.shards), sites=m.sites,
+                   mean_norm={x: round(store.mean_norm(x), 4) for x in m.sites})
+    emit(summary, as_json)
+
+
+@app.command()
+def generate(
+    prompt: str,
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    max_new_tokens: int = typer.Option(64, help="tokens to generate"),
+    raw: bool = typer.Option(False, "--raw", help="no chat template: continue the text as is"),
+    as_json: bool = JsonOpt,
+):
+    """Chat with the subject model (greedy)."""
+    s = _load(model, device)
+    reply = s.generate(prompt, max_new_tokens=max_new_tokens, chat=not raw)
+    emit(dict(prompt=prompt, reply=reply), as_json, lambda: print(reply))
+
+
+@app.command()
+def demo(as_json: bool = JsonOpt):
+    """A short end-to-end run on the default model: load, chat, read, write, store."""
+    from .demo import run_demo
+
+    emit(run_demo(quiet=as_json), as_json, lambda: None)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,213 @@
+"""The results database: one SQLite file (WAL) recording runs and what they found.
+
+    db = ResultsDB()                      # $METALENS_RESULTS or <cache>/results.sqlite
+    with db.run("sae.train", config) as run:
+        ...; run.outputs["weights"] = str(path)
+    db.add_explanation(run.id, feature="resid.15/sae:12", text="months of the year", scores={...})
+
+Each run keeps its config JSON, the code version, start/end time, status and output paths, so
+every number in it can be traced back to the job that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .models import cache_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,            -- e.g. capture, sae.train, oracle.train, explain
+    config TEXT NOT NULL,          -- JSON
+    code_version TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,          -- running | done | failed
+    outputs TEXT NOT NULL DEFAULT '{}'  -- JSON {name: path}
+);
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER REFERENCES runs(id),
+    feature TEXT NOT NULL,         -- feature id, e.g. "resid.15/sae-k32:1203" or "neurons.3:77"
+    text TEXT NOT NULL,
+    explainer TEXT,                -- model that wrote it
+    prompt_version TEXT,
+    seed INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    explanation_id INTEGER REFERENCES explanations(id),
+    metric TEXT NOT NULL,          -- simulation | detection | fuzzing | ...
+    split TEXT NOT NULL,           -- val | test
+    value REAL,
+    details TEXT                   -- JSON
+);
+CREATE TABLE IF NOT EXISTS oracle_answers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER REFERENCES runs(id),
+    task TEXT,
+    context TEXT NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    expected TEXT,
+    probs TEXT,                    -- JSON {choice: p}
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS explanations_feature ON explanations(feature);
+CREATE INDEX IF NOT EXISTS scores_explanation ON scores(explanation_id);
+"""
+
+
+def code_version() -> str:
+    from . import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("METALENS_RESULTS", cache_dir() / "results.sqlite"))
+
+
+def _json(obj: Any) -> str:
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+@dataclass
+class Run:
+    id: int
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class ResultsDB:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- runs --------------------------------------------------------------------------------
+    def start_run(self, kind: str, config: Any) -> Run:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO runs(kind, config, code_version, started, status) VALUES (?,?,?,?,?)",
+                (kind, _json(config), code_version(), time.time(), "running"),
+            )
+        return Run(cur.lastrowid)
+
+    def end_run(self, run: Run, status: str = "done") -> None:
+        with self.conn:
+            self.conn.execute(
+                "UPDATE runs SET ended=?, status=?, outputs=? WHERE id=?",
+                (time.time(), status, _json(run.outputs), run.id),
+            )
+
+    @contextmanager
+    def run(self, kind: str, config: Any) -> Iterator[Run]:
+        """A run that is marked done on exit, or failed if an exception escapes."""
+        r = self.start_run(kind, config)
+        try:
+            yield r
+        except BaseException:
+            self.end_run(r, "failed")
+            raise
+        self.end_run(r, "done")
+
+    def runs(self, kind: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM runs", ()
+        if kind is not None:
+            q, args = q + " WHERE kind=?", (kind,)
+        rows = self.conn.execute(q + " ORDER BY id", args).fetchall()
+        return [dict(r) | {"config": json.loads(r["config"]), "outputs": json.loads(r["outputs"])} for r in rows]
+
+    # ---- findings ----------------------------------------------------------------------------
+    def add_explanation(
+        self,
+        run_id: int | None,
+        feature: str,
+        text: str,
+        explainer: str | None = None,
+        prompt_version: str | None = None,
+        seed: int | None = None,
+        scores: list[tuple[str, str, float, Any]] | None = None,
+    ) -> int:
+        """Record an explanation and its scores: [(metric, split, value, details), ...]."""
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO explanations(run_id, feature, text, explainer, prompt_version, seed, created) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run_id, feature, text, explainer, prompt_version, seed, time.time()),
+            )
+            eid = cur.lastrowid
+            for metric, split, value, details in scores or []:
+                self.conn.execute(
+                    "INSERT INTO scores VALUES (?,?,?,?,?)", (eid, metric, split, value, _json(details))
+                )
+        return eid
+
+    def add_score(self, explanation_id: int, metric: str, split: str, value: float, details: Any = None) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO scores VALUES (?,?,?,?,?)", (explanation_id, metric, split, value, _json(details))
+            )
+
+    def explanations(self, feature: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM explanations", ()
+        if feature is not None:
+            q, args = q + " WHERE feature=?", (feature,)
+        out = []
+        for r in self.conn.execute(q + " ORDER BY id", args).fetchall():
+            scores = self.conn.execute(
+                "SELECT metric, split, value FROM scores WHERE explanation_id=?", (r["id"],)
+            ).fetchall()
+            out.append(dict(r) | {"scores": [dict(s) for s in scores]})
+        return out
+
+    def add_oracle_answer(
+        self,
+        run_id: int | None,
+        context: str,
+        question: str,
+        answer: str,
+        probs: dict[str, float] | None = None,
+        expected: str | None = None,
+        task: str | None = None,
+    ) -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO oracle_answers(run_id, task, context, question, answer, expected, probs, created) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, task, context, question, answer, expected, _json(probs), time.time()),
+            )
+        return cur.lastrowid
+
+    def oracle_answers(self, run_id: int | None = None) -> list[dict]:
+        q, args = "SELECT * FROM oracle_answers", ()
+        if run_id is not None:
+            q, args = q + " WHERE run_id=?", (run_id,)
+        return [dict(r) | {"probs": json.loads(r["probs"])} for r in self.conn.execute(q + " ORDER BY id", args)]

@@ -94,6 +94,8 @@ class Manifest:
     """texts [0, texts_done) are in the shards"""
     shards: list[dict] = field(default_factory=list)
     """{file, rows, texts: [start, end], bytes, sha256, norm_sum: {site: float}}"""
+    stats: dict[str, dict] = field(default_factory=dict)
+    """per site: {"mean_norm": mean L2 norm of a row} (the mean vector: ActivationStore.mean)"""
     created: float = field(default_factory=time.time)
     """unix time"""
 
@@ -160,6 +162,7 @@ class ActivationStore:
         )
         m.n_rows += len(acts)
         m.texts_done = texts_end
+        m.stats = {site: {"mean_norm": self.mean_norm(site)} for site in m.sites}
         atomic_write_json(self.path / MANIFEST, asdict(m))
 
     # ---- reading -----------------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Scores of an explanation on held-out examples: simulation, detection, fuzzing.
+
+    simulation  Pearson r between simulated and true values, over all tokens of top+random windows
+                ("all") and of random windows only ("random")
+    detection   P(yes) that a window holds what the explanation describes, activating vs not:
+                AUROC and balanced accuracy (threshold 0.5)
+    fuzzing     activating windows with the right tokens highlighted vs the same windows with
+                random inactive tokens highlighted: is the highlighting described by the explanation?
+
+Each is also reported for a control explanation (another feature's) by the caller (search.py),
+so a score reads against what a wrong explanation gets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .examples import Window, show_token
+from .llm import LLM
+from .simulate import simulate
+
+DETECTION_VERSION = "det-v1"
+FUZZ_VERSION = "fuzz-v1"
+YES_NO = (" Yes", " No")
+
+
+def pearson(pred: np.ndarray, true: np.ndarray) -> float:
+    """Pearson r; 0.0 when either side is constant (no information), never NaN."""
+    pred, true = np.asarray(pred, np.float64).ravel(), np.asarray(true, np.float64).ravel()
+    if len(pred) != len(true):
+        raise ValueError(f"pearson: {len(pred)} predictions but {len(true)} true values")
+    if len(pred) < 2 or pred.std() == 0 or true.std() == 0:
+        return 0.0
+    return float(np.corrcoef(pred, true)[0, 1])
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve (ties count half); 0.5 when one class is missing."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def balanced_accuracy(p_yes: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> float:
+    p, y = np.asarray(p_yes, np.float64), np.asarray(labels, bool)
+    pred = p > threshold
+    rates = [np.mean(pred[y] == 1) if y.any() else None, np.mean(pred[~y] == 0) if (~y).any() else None]
+    rates = [r for r in rates if r is not None]
+    return float(np.mean(rates)) if rates else 0.5
+
+
+def _unique(windows: Sequence[Window]) -> list[Window]:
+    seen, out = set(), []
+    for w in windows:
+        if (w.text, w.start) not in seen:
+            seen.add((w.text, w.start))
+            out.append(w)
+    return out
+
+
+def simulation_score(
+    llm: LLM, explanation: str, top: Sequence[Window], random: Sequence[Window], max_value: int | None = None
+) -> dict:
+    """{"all": r over top+random tokens, "random": r over random-only tokens, "n_tokens"}."""
+    wins = _unique(list(top) + list(random))
+    preds = simulate(llm, explanation, [w.tokens for w in wins], max_value)
+    key = {(w.text, w.start): i for i, w in enumerate(wins)}
+    rnd = [key[(w.text, w.start)] for w in random]
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+    return {
+        "all": pearson(cat(preds), cat([w.values for w in wins])),
+        "random": pearson(cat([preds[i] for i in rnd]), cat([wins[i].values for i in rnd])),
+        "n_tokens": int(sum(len(w.tokens) for w in wins)),
+    }
+
+
+def _p_yes(llm: LLM, prompts: Sequence[str], yes_no: Sequence[str]) -> np.ndarray:
+    probs = llm.position_probs([(p, [len(p)]) for p in prompts], list(yes_no))
+    pr = np.stack([x[0] for x in probs]) if probs else np.zeros((0, 2))  # [n, 2]
+    mass = pr.sum(-1)
+    return np.where(mass > 0, pr[:, 0] / np.where(mass > 0, mass, 1.0), 0.5)
+
+
+DETECTION_HEADER = (
+    "A feature of a language model fires on some texts and not others. Given its explanation, say whether "
+    "it fires anywhere in the text.\n\n"
+    "Explanation: mentions of animals\nText: The dog slept by the door.\nDoes the feature fire on this text? Answer: Yes\n\n"
+    "Explanation: mentions of animals\nText: We paid the bill and left.\nDoes the feature fire on this text? Answer: No\n\n"
+)
+
+
+def detection_prompt(explanation: str, tokens: Sequence[str]) -> str:
+    text = "".join(tokens).replace("\n", " ").strip()
+    return DETECTION_HEADER + f"Explanation: {explanation.strip()}\nText: {text}\nDoes the feature fire on this text? Answer:"
+
+
+def detection_score(
+    llm: LLM, explanation: str, positives: Sequence[Window], negatives: Sequence[Window], yes_no: Sequence[str] = YES_NO
+) -> dict:
+    pos, neg = _unique(positives), _unique(negatives)
+    p = _p_yes(llm, [detection_prompt(explanation, w.tokens) for w in pos + neg], yes_no)
+    labels = [1] * len(pos) + [0] * len(neg)
+    return {"auroc": auroc(p, labels), "balanced_accuracy": balanced_accuracy(p, labels), "n": len(labels)}
+
+
+FUZZ_HEADER = (
+    "A feature of a language model fires on some tokens. In each text, tokens are marked <<like this>>. Say "
+    "whether the marked tokens are the ones the explanation describes.\n\n"
+    "Explanation: mentions of animals\nText: The <<dog>> slept by the <<cat>>.\nAre the marked tokens correct? Answer: Yes\n\n"
+    "Explanation: mentions of animals\nText: The dog <<slept>> by the cat<<.>>\nAre the marked tokens correct? Answer: No\n\n"
+)
+
+
+def fuzzing_prompt(explanation: str, tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    text = "".join(f"<<{t}>>" if m else t for t, m in zip(tokens, marked)).replace("\n", " ").strip()
+    return FUZZ_HEADER + f"Explanation: {explanation.strip()}\nText: {text}\nAre the marked tokens correct? Answer:"
+
+
+def fuzz_marks(w: Window, threshold: float, rng: np.random.Generator) -> tuple[list[bool], list[bool]]:
+    """(right, wrong) highlight masks: the active tokens, and as many random inactive ones."""
+    right = [bool(v > threshold) for v in w.values]
+    k = max(1, sum(right))
+    idle = [i for i, m in enumerate(right) if not m]
+    pick = set(rng.choice(idle, size=min(k, len(idle)), replace=False).tolist()) if idle else set()
+    return right, [i in pick for i in range(len(right))]
+
+
+def fuzzing_score(
+    llm: LLM,
+    explanation: str,
+    activating: Sequence[Window],
+    threshold: float = 0.0,
+    seed: int = 0,
+    yes_no: Sequence[str] = YES_NO,
+) -> dict:
+    rng = np.random.default_rng(seed)
+    wins = [w for w in _unique(activating) if w.max > threshold]
+    prompts, labels = [], []
+    for w in wins:
+        right, wrong = fuzz_marks(w, threshold, rng)
+        prompts += [fuzzing_prompt(explanation, w.tokens, right), fuzzing_prompt(explanation, w.tokens, wrong)]
+        labels += [1, 0]
+    p = _p_yes(llm, prompts, yes_no)
+    return {"auroc": auroc(p, labels), "balanced_accuracy": balanced_accuracy(p, labels), "n": len(labels)}
+
+
+def show_window(w: Window) -> str:
+    return "".join(show_token(t) for t in w.tokens)

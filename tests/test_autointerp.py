@@ -1,0 +1,159 @@
+"""Autointerp: simulator math, one-pass simulation, scores, examples (tiny Llama, offline)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from metalens import Feature, capture
+from metalens.autointerp.examples import (
+    ExampleConfig, Sequences, Window, feature_sequences, make_examples, make_windows, normalise, split_of,
+)
+from metalens.autointerp.llm import LLMError, LocalLLM
+from metalens.autointerp.score import (
+    auroc, balanced_accuracy, detection_score, fuzz_marks, fuzzing_score, pearson, simulation_score,
+)
+from metalens.autointerp.simulate import (
+    expected_values, simulate, simulate_per_token, simulation_prompt, value_choices,
+)
+from metalens.store import capture_to_store
+
+
+# ---- simulator math ----------------------------------------------------------------------------
+def test_expected_value_on_stub_distributions():
+    p = np.zeros((5, 11))
+    p[0, 2] = 1.0  # certain 2
+    p[1, 0] = p[1, 10] = 0.5  # half 0, half 10 -> 5
+    p[2, :] = 1.0  # uniform over 0..10 -> 5
+    p[3, 3] = p[3, 4] = 0.01  # tiny unnormalised mass -> renormalised: 3.5
+    # row 4: no mass at all (an endpoint whose top-k held no digit) -> 0
+    np.testing.assert_allclose(expected_values(p), [2.0, 5.0, 5.0, 3.5, 0.0])
+    q = np.array([[0.1, 0.2, 0.3, 0.4]])  # scale 0..3
+    assert expected_values(q)[0] == pytest.approx(0.2 + 0.6 + 1.2)
+
+
+def test_simulation_prompt_offsets_point_at_placeholders():
+    toks = ["The", " cat\n", "\tx"]
+    p = simulation_prompt("cats", toks, max_value=9)
+    assert len(p.offsets) == 3
+    for o in p.offsets:
+        assert p.prompt[o - 1] == "\t" and p.prompt[o:].startswith("unknown\n")
+    lines = p.prompt[p.offsets[0] - 4 :].splitlines()
+    assert lines[1] == " cat\\n\tunknown" and lines[2] == "\\tx\tunknown"  # token newlines/tabs escaped
+    assert "from 0 to 9" in p.prompt
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_pass_simulation_equals_per_token(seed):
+    llm = LocalLLM(__import__("metalens.testing", fromlist=["tiny_llama"]).tiny_llama(seed=seed))
+    windows = [["The", " cat", " sat", " on", "\n", "mat"], ["a", "b"], ["x"]]
+    one = simulate(llm, "animals", windows, max_value=9)
+    per = simulate_per_token(llm, "animals", windows, max_value=9)
+    assert [len(x) for x in one] == [6, 2, 1]
+    for a, b in zip(one, per):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert all(((0 <= x) & (x <= 9)).all() for x in one)
+
+
+def test_simulation_reads_the_digit_distribution(tiny):
+    """The expected value is the mean over digit tokens of the model's own next-token probabilities."""
+    llm = LocalLLM(tiny)
+    p = simulation_prompt("cats", ["a", "b"], 9)
+    logits, enc = llm.logits([p.prompt])
+    ids = llm.choice_ids(value_choices(9))
+    rows = llm.logit_rows(p.offsets, enc["offset_mapping"][0], enc["attention_mask"][0], p.prompt)
+    probs = logits[0, rows].softmax(-1)[:, ids].double().numpy()
+    want = (probs * np.arange(10)).sum(1) / probs.sum(1)
+    np.testing.assert_allclose(simulate(llm, "cats", [["a", "b"]], 9)[0], want, atol=1e-6)
+
+
+def test_position_probs_errors(tiny):
+    llm = LocalLLM(tiny)
+    with pytest.raises(LLMError, match="one token"):
+        llm.position_probs([("ab", [2])], ["10"])  # two bytes for the byte tokenizer
+    with pytest.raises(LLMError, match="token boundaries|no token starts"):
+        llm.position_probs([("ab", [0])], ["a"])  # nothing before the first token
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    s, y = rng.random(50), rng.integers(0, 2, 50)
+    s[:10] = 0.5  # ties
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert balanced_accuracy(s, y) == pytest.approx(balanced_accuracy_score(y, s > 0.5))
+    a, b = rng.random(30), rng.random(30)
+    assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert pearson(np.ones(5), a[:5]) == 0.0 and auroc([0.3], [1]) == 0.5
+    with pytest.raises(ValueError, match="predictions"):
+        pearson(a, b[:3])
+
+
+def test_scores_run_and_are_bounded(tiny):
+    llm = LocalLLM(tiny)
+    w = lambda toks, vals, t: Window(toks, np.array(vals, float), t, 0)  # noqa: E731
+    top = [w(["Jan", "uary", " 5"], [3, 4, 0], 0), w(["in", " May"], [0, 5], 1)]
+    rnd = [w(["the", " end"], [0, 0], 2), top[0]]
+    sim = simulation_score(llm, "months", top, rnd, max_value=9)
+    assert -1 <= sim["all"] <= 1 and -1 <= sim["random"] <= 1 and sim["n_tokens"] == 7
+    det = detection_score(llm, "months", top, [rnd[0]], yes_no=("Y", "N"))
+    assert 0 <= det["auroc"] <= 1 and det["n"] == 3
+    fz = fuzzing_score(llm, "months", top, yes_no=("Y", "N"))
+    assert 0 <= fz["auroc"] <= 1 and fz["n"] == 4
+
+
+def test_fuzz_marks():
+    rng = np.random.default_rng(0)
+    right, wrong = fuzz_marks(Window(list("abcdef"), np.array([0, 2, 0, 3, 0, 0.0])), 0.0, rng)
+    assert right == [False, True, False, True, False, False]
+    assert sum(wrong) == 2 and not any(r and w for r, w in zip(right, wrong))
+
+
+# ---- examples ----------------------------------------------------------------------------------
+def synthetic_windows(n_texts=60, length=40, seed=0):
+    rng = np.random.default_rng(seed)
+    vocab = [f" w{i}" for i in range(30)]
+    toks, vals = [], []
+    for t in range(n_texts):
+        ts = list(rng.choice(vocab, length))
+        toks.append(ts)
+        vals.append(np.array([float(rng.integers(1, 10)) if x == " w3" and t % 3 == 0 else 0.0 for x in ts]))
+    return Sequences(toks, vals)
+
+
+def test_windows_and_splits():
+    seqs = synthetic_windows()
+    wins = make_windows(seqs, window=16, min_window=8)
+    assert all(len(w.tokens) <= 16 for w in wins)
+    assert sum(len(w.tokens) for w in wins) == 60 * 40  # 40 = 16 + 16 + an 8-token tail, kept
+    assert sum(len(w.tokens) for w in make_windows(seqs, 16, min_window=9)) == 60 * 32  # tail dropped
+    w = wins[1]
+    assert w.tokens == seqs.tokens[w.text][w.start : w.start + 16]
+    np.testing.assert_array_equal(w.values, seqs.values[w.text][w.start : w.start + 16])
+    cfg = ExampleConfig(n_top=5, n_random=6, n_negative=4, n_hard=4)
+    ex = make_examples(wins, cfg)
+    texts = {s: {x.text for x in e.top + e.random + e.negative + e.hard_negative + e.stratified} for s, e in ex.items()}
+    assert not (texts["train"] & texts["val"]) and not (texts["val"] & texts["test"]) and not (texts["train"] & texts["test"])
+    for e in ex.values():
+        assert [x.max for x in e.top] == sorted([x.max for x in e.top], reverse=True)
+        assert all(x.max > 0 for x in e.top + e.stratified)
+        assert all(x.max <= 0 for x in e.negative + e.hard_negative)
+        # hard negatives hold the token the feature fires on (" w3") in a text where it does not fire
+        assert all(" w3" in x.tokens for x in e.hard_negative)
+    assert split_of(7, (0.5, 0.25, 0.25)) == split_of(7, (0.5, 0.25, 0.25))
+    np.testing.assert_array_equal(normalise(np.array([-1.0, 0.0, 2.5, 5.0]), 5.0), [0, 0, 5, 10])
+
+
+def test_feature_sequences_from_store(tiny, tmp_path):
+    texts = ["hello world", "the cat sat on the mat", "x"]
+    store = capture_to_store(tiny, texts, ["neurons.1"], tmp_path / "acts", progress=False)
+    f = Feature.neuron("neurons.1", 7)
+    seqs = feature_sequences(store, f, tiny.tokenizer)
+    direct = capture(tiny, texts, ["neurons.1"])
+    for t, text in enumerate(texts):
+        assert "".join(seqs.tokens[t]) == text
+        np.testing.assert_allclose(seqs.values[t], direct["neurons.1"][direct.text_idx == t][:, 7].numpy(), atol=1e-6)
+    d = torch.randn(tiny.d_mlp)
+    g = Feature.from_direction("neurons.1", d, "rand")
+    seqs_d = feature_sequences(store, g, tiny.tokenizer)
+    np.testing.assert_allclose(seqs_d.values[1], (direct["neurons.1"][direct.text_idx == 1] @ d).numpy(), atol=1e-4)

@@ -135,5 +135,24 @@ def demo(as_json: bool = JsonOpt):
     emit(run_demo(quiet=as_json), as_json, lambda: None)
 
 
+# ---- autointerp (issue 5) -------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    host: str = typer.Option("127.0.0.1", help="bind address (localhost by default; 0.0.0.0 exposes it)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_logprobs: int = typer.Option(20, help="largest top-k logprobs a request may ask for"),
+):
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions with echo+logprobs) for a local model."""
+    from .autointerp.llm import LocalLLM
+    from .autointerp.server import serve as run_server
+
+    s = _load(model, device)
+    console.print(f"metalens serve: {s.name} on http://{host}:{port}/v1")
+    run_server(LocalLLM(s), host=host, port=port, max_logprobs=max_logprobs)
+# ---- end autointerp -------------------------------------------------------------------------------
+
+
 if __name__ == "__main__":
     app()

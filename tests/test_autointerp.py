@@ -1,5 +1,7 @@
 """Autointerp: simulator math, one-pass simulation, scores, examples (tiny Llama, offline)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +159,99 @@ def test_feature_sequences_from_store(tiny, tmp_path):
     g = Feature.from_direction("neurons.1", d, "rand")
     seqs_d = feature_sequences(store, g, tiny.tokenizer)
     np.testing.assert_allclose(seqs_d.values[1], (direct["neurons.1"][direct.text_idx == 1] @ d).numpy(), atol=1e-4)
+
+
+# ---- explain + search --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "reply, want",
+    [
+        ("Explanation: months of the year.", "months of the year"),
+        ("[EXPLANATION]: Numbers in dates", "Numbers in dates"),
+        ('**Explanation:** "words inside quotes"\n\nI hope this helps!', "words inside quotes"),
+        ("Let me look.\nThey are all months.\nExplanation: month names", "month names"),
+        ("<think>maybe Explanation: wrong</think>Explanation: right one", "right one"),
+        ("<think>never closed Explanation: lost", None),
+        ("This neuron detects the word 'and'.", "the word 'and'"),
+        ("The neuron fires on: commas", "commas"),
+        ("- colors like red and blue\n- also green", "colors like red and blue"),
+        ("1. capitalised words", "capitalised words"),
+        ("  \n\t ", None),
+        ("Explanation:", None),
+        ("...", None),
+        ("", None),
+        ("Explanation: " + "very " * 100 + "long", "very " * 39 + "very"),
+    ],
+)
+def test_parse_odd_explainer_outputs(reply, want):
+    from metalens.autointerp.explain import parse_explanation
+
+    got = parse_explanation(reply)
+    assert got == (want.strip() if isinstance(want, str) else want)
+    if got:
+        assert len(got) <= 200 and "\n" not in got
+
+
+def test_explain_prompt_marks_active_tokens():
+    from metalens.autointerp.explain import explain_messages
+
+    w = Window(["We", " met", " in", " January", "."], np.array([0, 0, 0, 4.0, 0]))
+    w2 = Window(["May", " 3"], np.array([8.0, -1.0]), 1)
+    msg = explain_messages([w, w2])[1]["content"]
+    assert "We met in<< January>>." in msg and "('January', 5)" in msg  # 4 / max 8 -> 5 of 10
+    assert "<<May>> 3" in msg and "('May', 10)" in msg and "<< 3>>" not in msg
+
+
+def _search_features(n=3):
+    feats = []
+    for j in range(n):
+        seqs = synthetic_windows(n_texts=24, length=24, seed=j)
+        wins = make_windows(seqs, window=12, min_window=6)
+        cfg = ExampleConfig(n_top=2, n_quantiles=1, n_per_quantile=1, n_random=2, n_negative=1, n_hard=1)
+        feats.append((f"syn:{j}", lambda wins=wins, cfg=cfg: make_examples(wins, cfg)))
+    return feats
+
+
+def test_search_is_resumable(tiny, tmp_path):
+    from metalens import ResultsDB
+    from metalens.autointerp.search import SearchConfig, run_search, summary
+
+    llm = LocalLLM(tiny)
+    cfg = SearchConfig(k=2, max_tokens=12, n_explain=3, max_value=9, yes_no=("Y", "N"),
+                       examples=ExampleConfig(n_top=2))
+    db = ResultsDB(tmp_path / "r.sqlite")
+    feats = _search_features()
+    seen = []
+
+    def interrupt(rec):
+        seen.append(rec["feature"])
+        if len(seen) == 1:
+            raise KeyboardInterrupt("simulated kill after the first feature")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(llm, llm, feats, cfg, tmp_path / "run", db, on_feature=interrupt, progress=False)
+    assert db.runs("autointerp.explain")[-1]["status"] == "failed"
+    first = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert list(first) == ["syn:0"]
+    n_rows = len(db.explanations("syn:0"))
+    res = run_search(llm, llm, feats, cfg, tmp_path / "run", db, on_feature=interrupt, progress=False)
+    assert seen == ["syn:0", "syn:1", "syn:2"]  # syn:0 was not redone
+    assert list(res) == ["syn:0", "syn:1", "syn:2"]
+    assert {k: v for k, v in res["syn:0"].items() if k != "control"} == first["syn:0"]
+    for f, rec in res.items():
+        assert "text" in rec, rec
+        rows = db.explanations(f)
+        cands = [r for r in rows if not r["explainer"].startswith("control")]
+        assert len(cands) == len(rec["candidates"]) <= 2  # written once, resume added none
+        assert all(r["explainer"] == tiny.name and r["prompt_version"] and r["seed"] is not None for r in cands)
+        best = [r for r in cands if any(s["metric"] == "selected" for s in r["scores"])]
+        assert len(best) == 1 and best[0]["text"] == rec["text"]
+        assert {s["metric"] for s in best[0]["scores"]} >= {"simulation", "detection", "fuzzing", "selected"}
+        assert rec["control"]["from"] != f and rec["control"]["text"] == res[rec["control"]["from"]]["text"]
+        ctrl = [r for r in rows if r["explainer"].startswith("control")]
+        assert len(ctrl) == 1
+    assert len(db.explanations("syn:0")) == n_rows + 1  # + the control
+    s = summary(res)
+    assert s["explained"] == 3 and -1 <= s["simulation"] <= 1 and s["control_simulation"] is not None
+    # a different config in the same directory is refused
+    with pytest.raises(ValueError, match="different config"):
+        run_search(llm, llm, feats, SearchConfig(k=3), tmp_path / "run", db, progress=False)

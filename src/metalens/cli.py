@@ -153,6 +153,65 @@ def serve(
     run_server(LocalLLM(s), host=host, port=port, max_logprobs=max_logprobs)
 # ---- end autointerp -------------------------------------------------------------------------------
 
+# ---- sae / steer / diff (issue 4) ----------------------------------------------------------------
+from .sae.cli import sae_app as _sae_app  # noqa: E402
+
+app.add_typer(_sae_app, name="sae")
+
+
+@app.command()
+def steer(
+    prompts: list[str] = typer.Argument(..., help="prompts to generate from, with and without steering"),
+    site: str = typer.Option("resid.10", help="site to steer"),
+    pos: Optional[list[str]] = typer.Option(None, "--pos", help="positive prompt (repeat; paired with --neg)"),
+    neg: Optional[list[str]] = typer.Option(None, "--neg", help="negative prompt (repeat)"),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help='.jsonl of {"pos": ..., "neg": ...}'),
+    method: str = typer.Option("mean", help="mean (difference of means) | pca (of the differences)"),
+    reduce: str = typer.Option("last", help="per prompt: last token | mean over tokens"),
+    multiplier: float = typer.Option(4.0, help="scale of the steering vector"),
+    start: Optional[int] = typer.Option(None, help="steer token positions >= START (default: all)"),
+    sae_dir: Optional[Path] = typer.Option(None, "--sae", help="instead: clamp a latent of this SAE"),
+    latent: int = typer.Option(-1, help="SAE latent to clamp (with --sae)"),
+    value: float = typer.Option(10.0, help="value to clamp the latent to (the SAE error term is kept)"),
+    max_new_tokens: int = typer.Option(40, help="tokens to generate"),
+    raw: bool = typer.Option(False, "--raw", help="no chat template"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Generate with and without a contrastive steering vector or a clamped SAE feature."""
+    from . import steer as st
+
+    s = _load(model, device)
+    if sae_dir is not None:
+        from .sae.io import load_sae
+
+        sae = load_sae(sae_dir, device=s.device)
+        if latent < 0:
+            raise typer.BadParameter("--sae needs --latent N", param_hint="--latent")
+        site = sae.cfg.site or site
+        info_ = dict(kind="clamp", sae=str(sae_dir), site=site, latent=latent, value=value)
+        make = lambda: st.clamp_feature(s, site, sae, latent, value, positions=start)  # noqa: E731
+    else:
+        pp = list(zip(pos or [], neg or []))
+        if pairs is not None:
+            pp += [(r["pos"], r["neg"]) for r in map(json.loads, pairs.read_text().splitlines()) if r]
+        if not pp or len(pos or []) != len(neg or []):
+            raise typer.BadParameter("give as many --pos as --neg prompts (or --pairs FILE)", param_hint="--pos")
+        vec = st.contrastive_vector(s, site, pp, method=method, reduce=reduce, chat=not raw)
+        info_ = dict(kind="vector", site=vec.site, method=method, n_pairs=vec.n_pairs, agreement=vec.agreement,
+                     norm=vec.vector.norm().item(), multiplier=multiplier, start=start)
+        make = lambda: st.steer(s, vec, multiplier, start)  # noqa: E731
+    rows = st.compare(s, prompts, make, max_new_tokens=max_new_tokens, chat=not raw)
+
+    def human():
+        console.print(info_)
+        for r in rows:
+            console.print(f"[bold]{r['prompt']}[/]\n  plain:   {r['plain']!r}\n  steered: {r['steered']!r}")
+
+    emit(dict(**info_, generations=rows), as_json, human)
+# ---- end sae / steer / diff -----------------------------------------------------------------------
+
 
 if __name__ == "__main__":
     app()

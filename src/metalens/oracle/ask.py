@@ -1,0 +1,178 @@
+"""Ask an oracle about a context's activations: `Oracle.load("default").ask(context, question)`.
+
+One model copy: the subject with a LoRA adapter. Reads run with the adapter disabled (the plain
+subject); the oracle's forward pass runs with it enabled and the read vectors injected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models import Subject, load_subject
+from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
+from .tasks import Example, OracleDataError
+
+DEFAULT_DIR = Path(__file__).parent / "default"
+SETTINGS_FILE = "oracle.json"
+
+
+@dataclass
+class Answer:
+    """The oracle's reply; `probs` maps each choice to its probability when choices were given."""
+
+    text: str
+    probs: dict = field(default_factory=dict)
+    layer: int = 0
+    n_vectors: int = 0
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "probs": self.probs, "layer": self.layer, "n_vectors": self.n_vectors}
+
+
+def lora_model(subject: Subject, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0):
+    """Wrap the subject's model in place with a fresh LoRA on every linear layer (lm_head excluded)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none")
+    return get_peft_model(subject.model, cfg)
+
+
+class Oracle:
+    """Subject + LoRA adapter + the injection settings it was trained with.
+
+    settings: layers (read layers), inject_layer, inject ("add"|"replace"), scale, system (oracle
+    system prompt or None), d_subject.
+    """
+
+    def __init__(self, subject: Subject, peft_model, settings: dict, projection: Projection | None = None):
+        self.subject, self.peft, self.settings, self.projection = subject, peft_model, dict(settings), projection
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def load(cls, path: str | os.PathLike = "default", model: str | None = None, device: str = "auto") -> "Oracle":
+        """Load an adapter directory (or "default", the adapter shipped with metalens) onto its subject."""
+        from peft import PeftModel
+
+        d = DEFAULT_DIR if str(path) == "default" else Path(path)
+        if (d / "ckpt" / SETTINGS_FILE).exists() and not (d / SETTINGS_FILE).exists():
+            d = d / "ckpt"  # a training run directory: its latest checkpoint
+        if not (d / SETTINGS_FILE).exists():
+            raise OracleDataError(f"{str(d)!r} holds no oracle ({SETTINGS_FILE} missing): give a directory saved by "
+                                  "`metalens oracle train` or 'default'")
+        settings = json.loads((d / SETTINGS_FILE).read_text())
+        subject = load_subject(model if model is not None else settings.get("model"), device=device)
+        peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
+        peft_model.to(subject.device, subject.dtype).eval()
+        proj = None
+        if (d / "projection.pt").exists():
+            proj = Projection(settings["d_subject"], subject.d_model)
+            proj.load_state_dict(torch.load(d / "projection.pt", map_location="cpu"))
+            proj.to(subject.device, subject.dtype)
+        return cls(subject, peft_model, settings, proj)
+
+    def save(self, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write adapter + settings to `out` (dtype float16/bfloat16 halves the adapter's size)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.peft.save_pretrained(str(out))
+        if dtype is not None:
+            from safetensors.torch import load_file, save_file
+
+            f = out / "adapter_model.safetensors"
+            save_file({k: v.to(dtype) for k, v in load_file(f).items()}, str(f))
+        if self.projection is not None:
+            torch.save(self.projection.state_dict(), out / "projection.pt")
+        (out / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2))
+        return out
+
+    # ------------------------------------------------------------------ forward passes
+    @property
+    def layers(self) -> list[int]:
+        return list(self.settings["layers"])
+
+    def adapter(self, on: bool):
+        """Context: adapter enabled (oracle) or disabled (the plain subject)."""
+        return nullcontext() if on or self.peft is None else self.peft.disable_adapter()
+
+    def read(self, examples: Sequence[Example], layers: Sequence[int]) -> list[torch.Tensor]:
+        with self.adapter(False):
+            return read_vectors(self.subject, examples, layers)
+
+    def _batch(self, examples, layers, answers=None, as_text: bool = False):
+        tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        if as_text:  # text-only control: the context as words where the vectors would go
+            prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
+                       for e, L in zip(examples, layers)]
+            return encode(tok, prompts, answers, self.subject.device), None
+        vecs = self.read(examples, layers)
+        prompts = [prompt_ids(tok, L, v.shape[0], e.question, sys) for e, L, v in zip(examples, layers, vecs)]
+        return encode(tok, prompts, answers, self.subject.device), torch.cat(vecs)  # [n_slots, d]
+
+    def hidden(self, examples, layers, answers=None, adapter: bool = True, as_text: bool = False):
+        """Final hidden states [batch, seq, d] of the oracle prompts (+ answers), vectors injected."""
+        batch, vectors = self._batch(examples, layers, answers, as_text)
+        s = self.settings
+        ctx = nullcontext() if vectors is None else inject(
+            self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
+            s.get("scale", 1.0), self.projection)
+        with ctx, self.adapter(adapter):
+            h = self.subject.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         use_cache=False).last_hidden_state  # [batch, seq, d]
+        return h, batch
+
+    def loss(self, examples: Sequence[Example], layers: Sequence[int], adapter: bool = True) -> torch.Tensor:
+        """Mean cross-entropy on the answer tokens (end-of-turn included)."""
+        h, batch = self.hidden(examples, layers, [e.answer for e in examples], adapter)
+        pred = batch.label_mask[:, 1:]  # [batch, seq-1]: position t predicts token t+1
+        logits = self.subject.model.lm_head(h[:, :-1][pred])  # [n_targets, vocab]
+        return F.cross_entropy(logits.float(), batch.input_ids[:, 1:][pred])
+
+    @torch.no_grad()
+    def choice_probs(self, examples: Sequence[Example], layers: Sequence[int] | None = None, adapter: bool = True,
+                     as_text: bool = False, batch_size: int = 16) -> torch.Tensor:
+        """P(each choice) from the first answer token's logits, softmaxed over the choices: [n, n_choices]."""
+        tok = self.subject.tokenizer
+        layers = list(layers) if layers is not None else [self.layers[0]] * len(examples)
+        out = []
+        for i in range(0, len(examples), batch_size):
+            part = examples[i : i + batch_size]
+            h, batch = self.hidden(part, layers[i : i + batch_size], None, adapter, as_text)
+            last = h[torch.arange(len(part)), batch.prompt_len - 1]  # [b, d]
+            logits = self.subject.model.lm_head(last).float()  # [b, vocab]
+            for j, e in enumerate(part):
+                ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in e.choices]
+                if len(set(ids)) != len(ids):
+                    raise OracleDataError(f"choices {list(e.choices)!r} share a first token; give choices that differ in it")
+                out.append(logits[j, ids].softmax(-1).cpu())
+        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True) if out else torch.empty(0, 2)
+
+    @torch.no_grad()
+    def ask(self, context, question: str, layer: int | None = None, read="all", choices: Sequence[str] | None = None,
+            max_new_tokens: int = 32) -> Answer:
+        """Answer a question about the subject's activations on `context` (text or chat messages)."""
+        layer = self.layers[0] if layer is None else int(layer)
+        self.subject.site(f"resid.{layer}")  # validates the layer
+        read = tuple(read) if isinstance(read, list) else read
+        ex = Example(context, question, "", read, tuple(choices) if choices else None, "ask")
+        batch, vectors = self._batch([ex], [layer])
+        s = self.settings
+        with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
+                    s.get("scale", 1.0), self.projection), self.adapter(True):
+            out = self.subject.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                              max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=self.subject.tokenizer.pad_token_id)
+        text = self.subject.tokenizer.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True).strip()
+        probs = {}
+        if choices:
+            p = self.choice_probs([ex], [layer])[0]
+            probs = {c: round(float(x), 4) for c, x in zip(choices, p)}
+        return Answer(text, probs, layer, int(vectors.shape[0]))

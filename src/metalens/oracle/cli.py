@@ -1,0 +1,115 @@
+"""`metalens oracle train|eval` and `metalens ask`: thin wrappers over the oracle library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+oracle_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Activation oracles: train, evaluate.")
+
+
+def _emit(obj, as_json: bool, human=None):
+    from ..cli import emit
+
+    emit(obj, as_json, human)
+
+
+@oracle_app.command("train")
+def train_cmd(
+    out: Path = typer.Option(None, "--out", help="run directory (config, data, checkpoints, curves)"),
+    recipe: str = typer.Option("default", "--recipe", help="default | tiny"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory"),
+    data: Optional[Path] = typer.Option(None, "--data", help="ao data dir; default $METALENS_AO_DATA or ../shared/data/ao"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="local HF model dir; default SmolLM2-135M-Instruct"),
+    minutes: float = typer.Option(0.0, "--minutes", help="stop this session after N minutes (0 = no limit)"),
+    max_steps: int = typer.Option(0, "--max-steps", help="total optimizer steps (0 = the recipe's)"),
+    lr: float = typer.Option(0.0, "--lr", help="learning rate (0 = the recipe's)"),
+    set_: list[str] = typer.Option([], "--set", help="override any config field: --set lora_r=32 (JSON values)"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON on stdout"),
+):
+    """Train an oracle (LoRA on the subject), checkpointing often; --resume DIR continues one."""
+    from dataclasses import asdict, replace
+
+    from .train import RECIPES, OracleConfig, train
+
+    if resume is not None:
+        over = OracleConfig(minutes=minutes, max_steps=max_steps)
+        ckpt = train(over, resume, resume=True, progress=not as_json)
+        _emit({"out": str(resume), "ckpt": str(ckpt)}, as_json)
+        return
+    if out is None:
+        raise typer.BadParameter("give --out DIR for a new run, or --resume DIR", param_hint="--out")
+    if recipe not in RECIPES:
+        raise typer.BadParameter(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}", param_hint="--recipe")
+    cfg = RECIPES[recipe]
+    changes = {k: v for k, v in dict(data_dir=str(data) if data else None, model=model, minutes=minutes or None,
+                                      max_steps=max_steps or None, lr=lr or None).items() if v is not None}
+    for item in set_:
+        key, _, val = item.partition("=")
+        if key not in asdict(cfg):
+            raise typer.BadParameter(f"unknown config field {key!r}; fields: {sorted(asdict(cfg))}", param_hint="--set")
+        try:
+            changes[key] = json.loads(val)
+        except json.JSONDecodeError:
+            changes[key] = val
+    cfg = OracleConfig.from_json({**asdict(replace(cfg)), **changes})
+    ckpt = train(cfg, out, progress=not as_json)
+    _emit({"out": str(out), "ckpt": str(ckpt), "config": asdict(cfg)}, as_json)
+
+
+@oracle_app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", help="JSONL of examples with choices (see metalens.oracle.tasks)"),
+    oracle: str = typer.Option("default", "--oracle", help="'default', an adapter dir, or a run dir"),
+    baselines: str = typer.Option("untrained,probe,blackbox,text", "--baselines",
+                                  help="comma-separated: untrained, probe, blackbox, text (or 'none')"),
+    layer: Optional[int] = typer.Option(None, "--layer", help="read layer (default: the oracle's)"),
+    probe_train: Optional[Path] = typer.Option(None, "--probe-train", help="JSONL the probe trains on (else 5-fold CV)"),
+    limit: int = typer.Option(0, "--limit", help="use only the first N examples (0 = all)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON report here"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON on stdout"),
+):
+    """AUROC of P(first choice) and accuracy per task, the oracle against the baselines."""
+    from .evaluate import evaluate, render
+    from .ask import Oracle
+    from .tasks import load_jsonl
+
+    exs = load_jsonl(data)[: limit or None]
+    names = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
+    o = Oracle.load(oracle)
+    report = evaluate(o, exs, names, layer=layer, probe_train=load_jsonl(probe_train) if probe_train else None)
+    report["data"], report["oracle"] = str(data), oracle
+    if out is not None:
+        from ..store import atomic_write_json
+
+        atomic_write_json(out, report)
+    _emit(report, as_json, lambda: render(report))
+
+
+def ask_cmd(
+    context: str = typer.Argument(..., help="the text the subject reads"),
+    question: str = typer.Argument(..., help="the question for the oracle"),
+    layer: Optional[int] = typer.Option(None, "--layer", help="read layer (default: the oracle's)"),
+    read: str = typer.Option("all", "--read", help="all | last | START:END (token slice)"),
+    choices: Optional[str] = typer.Option(None, "--choices", help="comma-separated, e.g. Yes,No"),
+    oracle: str = typer.Option("default", "--oracle", help="'default', an adapter dir, or a run dir"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON on stdout"),
+):
+    """Ask the activation oracle a question about the subject's activations on a context."""
+    from .ask import Oracle
+
+    if read not in ("all", "last"):
+        try:
+            a, _, b = read.partition(":")
+            read = [int(a) if a else 0, int(b) if b else None]
+        except ValueError:
+            raise typer.BadParameter(f"--read must be all, last or START:END, got {read!r}") from None
+    o = Oracle.load(oracle)
+    ans = o.ask(context, question, layer=layer, read=read, choices=choices.split(",") if choices else None,
+                max_new_tokens=max_new_tokens)
+    res = {"context": context, "question": question, **ans.to_json()}
+    _emit(res, as_json, lambda: print(ans.text + (f"  {ans.probs}" if ans.probs else "")))

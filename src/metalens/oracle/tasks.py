@@ -1,0 +1,301 @@
+"""Oracle examples: one JSONL format for training, evaluation and users, and builders for it.
+
+One example per line:
+    {"context": str | [{"role": ..., "content": ...}, ...],   # what the subject reads
+     "read": "last" | "all" | [start, end],                   # which context tokens become soft tokens
+     "question": str, "answer": str,
+     "choices": ["Yes", "No"],                                 # optional: scored by P(choice)
+     "task": str}                                              # optional, default "custom"
+
+`read` counts tokens of the context as the subject's tokenizer splits it (chat contexts are
+rendered with the chat template first); [start, end] is a Python slice (end exclusive, negative
+counts from the end, null = to the end). A chat context never exposes its system message's tokens
+(LatentQA masks them so the oracle cannot read the instruction back).
+
+Builders take a data directory shaped like ../shared/data/ao (see its README); nothing is
+downloaded and the package never needs that directory at run time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+Context = str | list  # a text, or chat messages [{"role", "content"}]
+READ_WORDS = ("last", "all")
+
+
+class OracleDataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question about the subject's activations on a context."""
+
+    context: Context
+    """the text (or chat messages) the subject reads"""
+    question: str
+    """asked of the oracle"""
+    answer: str = ""
+    """the expected answer (training target / label)"""
+    read: str | tuple = "all"
+    """which context tokens are injected: "last" | "all" | (start, end)"""
+    choices: tuple | None = None
+    """optional answer options; evaluation scores P(each) and the first is the positive class"""
+    task: str = "custom"
+    """task name (per-task metrics)"""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["read"] = list(self.read) if isinstance(self.read, tuple) else self.read
+        d["choices"] = list(self.choices) if self.choices else None
+        if d["choices"] is None:
+            del d["choices"]
+        return d
+
+
+def _check(obj, where: str) -> Example:
+    if not isinstance(obj, dict):
+        raise OracleDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("context", "question"):
+        if key not in obj:
+            raise OracleDataError(f"{where}: missing field {key!r} (required: context, question; optional: answer, read, choices, task)")
+    ctx = obj["context"]
+    if isinstance(ctx, list):
+        for m in ctx:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise OracleDataError(f"{where}: 'context' as a list must hold chat messages {{'role': str, 'content': str}}, got {m!r}")
+    elif not isinstance(ctx, str):
+        raise OracleDataError(f"{where}: 'context' must be a string or a list of chat messages, got {type(ctx).__name__}")
+    for key in ("question", "answer", "task"):
+        if key in obj and not isinstance(obj[key], str):
+            raise OracleDataError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} {obj[key]!r}")
+    read = obj.get("read", "all")
+    if isinstance(read, list):
+        if len(read) != 2 or not all(r is None or (isinstance(r, int) and not isinstance(r, bool)) for r in read):
+            raise OracleDataError(f"{where}: 'read' as a list must be [start, end] integers (end may be null), got {read!r}")
+        read = tuple(read)
+    elif read not in READ_WORDS:
+        raise OracleDataError(f"{where}: 'read' must be 'last', 'all' or [start, end], got {read!r}")
+    choices = obj.get("choices")
+    if choices is not None:
+        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+            raise OracleDataError(f"{where}: 'choices' must be a list of at least two non-empty strings, got {choices!r}")
+        choices = tuple(choices)
+    return Example(ctx, obj["question"], obj.get("answer", ""), read, choices, obj.get("task", "custom"))
+
+
+def example_from_dict(obj: dict, where: str = "example") -> Example:
+    return _check(obj, where)
+
+
+def load_jsonl(path: str | os.PathLike) -> list[Example]:
+    """Read and validate a JSONL file; a bad line raises OracleDataError naming `path:line`."""
+    path = Path(path)
+    if not path.exists():
+        raise OracleDataError(f"examples file {str(path)!r} does not exist")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OracleDataError(f"{path}:{i}: not valid JSON ({e})") from None
+        out.append(_check(obj, f"{path}:{i}"))
+    return out
+
+
+def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
+    from ..store import atomic_write_bytes
+
+    path = Path(path)
+    text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def read_slice(read, n: int) -> slice:
+    """The token slice of a context of n tokens that `read` selects (never empty for n > 0)."""
+    if read == "all":
+        return slice(0, n)
+    if read == "last":
+        return slice(n - 1, n)
+    start, end = read
+    idx = range(n)[slice(start, end)]
+    if len(idx) == 0:
+        raise OracleDataError(f"read {list(read)!r} selects no tokens of a {n}-token context")
+    return slice(idx.start, idx.stop)
+
+
+# ---------------------------------------------------------------- builders from a data directory
+
+def default_data_dir() -> Path:
+    """$METALENS_AO_DATA, else ../shared/data/ao beside the repository (for development only)."""
+    env = os.environ.get("METALENS_AO_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ao"
+
+
+YES_NO = ("Yes", "No")
+
+
+@dataclass(frozen=True)
+class YesNoTask:
+    """A labelled-sentence file turned into yes/no questions with a fixed meaning per task."""
+
+    name: str
+    """task name"""
+    family: str
+    """task family (held-out evaluation holds out whole families)"""
+    file: str
+    """CSV path under classification_datasets/"""
+    text_col: str
+    """column holding the sentence"""
+    label_col: str
+    """column holding the label"""
+    positive: str
+    """label value for which the answer is Yes"""
+    questions: tuple
+    """question wordings (all asking about the positive class)"""
+
+
+_TRUE_Q = ("Is this statement true?", "Is this true?", "Would you say this is accurate?", "Does this statement hold true?")
+YES_NO_TASKS = (
+    YesNoTask("tense_past", "tense", "tense/tense.csv", "sentence", "tense", "past",
+              ("Is this sentence in the past tense?", "Does this sentence use the past tense?", "Is the action described here in the past?")),
+    YesNoTask("tense_future", "tense", "tense/tense.csv", "sentence", "tense", "future",
+              ("Is this sentence in the future tense?", "Does this sentence use the future tense?", "Is the action described here in the future?")),
+    YesNoTask("singular", "singular_plural", "singular_plural/singular_plural.csv", "sentence", "n_subjects", "single",
+              ("Is this sentence referring to one individual?", "Does this sentence mention a single person?", "Is the subject of this sentence one person?")),
+    YesNoTask("gmt_cities", "gmt", "gmt/cities.csv", "statement", "label", "1", _TRUE_Q),
+    YesNoTask("gmt_neg_cities", "gmt", "gmt/neg_cities.csv", "statement", "label", "1", _TRUE_Q),
+    YesNoTask("gmt_larger_than", "gmt", "gmt/larger_than.csv", "statement", "label", "1", _TRUE_Q),
+    YesNoTask("gmt_companies", "gmt", "gmt/companies_true_false.csv", "statement", "label", "1", _TRUE_Q),
+    YesNoTask("gmt_common_claim", "gmt", "gmt/common_claim_true_false.csv", "statement", "label", "1", _TRUE_Q),
+    YesNoTask("engels_ismale", "engels", "engels/5_hist_fig_ismale.csv", "prompt", "target", "1",
+              ("Is this person male?", "Is this historical figure a man?", "Does this name refer to a man?")),
+    YesNoTask("engels_politics", "engels", "engels/139_news_class_Politics.csv", "prompt", "target", "1",
+              ("Is this article about politics?", "Does this text concern politics?", "Is the topic here politics?")),
+)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise OracleDataError(f"dataset file {str(path)!r} does not exist; pass the ao data directory (see its README)")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def yes_no_examples(
+    data_dir: str | os.PathLike, tasks: Sequence[str] | None = None, n_per_task: int = 200, seed: int = 0,
+    read: str | tuple = "last", max_chars: int = 160, split: str = "train", test_frac: float = 0.3,
+) -> list[Example]:
+    """Balanced yes/no examples per task. `split` train|test picks a disjoint part of each file."""
+    rng = random.Random(seed)
+    chosen = [t for t in YES_NO_TASKS if tasks is None or t.name in tasks or t.family in tasks]
+    if tasks is not None and not chosen:
+        raise OracleDataError(f"no yes/no task matches {list(tasks)!r}; known: {[t.name for t in YES_NO_TASKS]}")
+    cls = Path(data_dir) / "classification_datasets"
+    out = []
+    for t in chosen:
+        rows = [r for r in _rows(cls / t.file) if r.get(t.text_col) and len(r[t.text_col].strip()) <= max_chars]
+        random.Random(f"{t.name}-split").shuffle(rows)  # the split never depends on the seed
+        cut = int(len(rows) * (1 - test_frac))
+        rows = rows[:cut] if split == "train" else rows[cut:]
+        pos = [r for r in rows if r[t.label_col].strip() == t.positive]
+        neg = [r for r in rows if r[t.label_col].strip() != t.positive]
+        k = min(n_per_task // 2, len(pos), len(neg))
+        for label, part in (("Yes", rng.sample(pos, k)), ("No", rng.sample(neg, k))):
+            for r in part:
+                out.append(Example(" ".join(r[t.text_col].split()), rng.choice(t.questions), label, read, YES_NO, t.name))
+    rng.shuffle(out)
+    return out
+
+
+def available_tasks(data_dir: str | os.PathLike) -> list[YesNoTask]:
+    """The yes/no tasks whose files exist under data_dir."""
+    return [t for t in YES_NO_TASKS if (Path(data_dir) / "classification_datasets" / t.file).exists()]
+
+
+def task_family(task: str) -> str:
+    for t in YES_NO_TASKS:
+        if t.name == task:
+            return t.family
+    return task.split("_")[0]
+
+
+def dataset_texts(data_dir: str | os.PathLike, max_chars: int = 200) -> list[str]:
+    """Plain sentences from every classification CSV and LatentQA stimulus (for context prediction)."""
+    root = Path(data_dir)
+    texts = []
+    for t in available_tasks(root):
+        texts += [" ".join(r[t.text_col].split()) for r in _rows(root / "classification_datasets" / t.file)]
+    lqa = root / "latentqa_datasets" / "train" / "system.json"
+    if lqa.exists():
+        texts += [x["stimulus_user"] for x in json.loads(lqa.read_text())]
+    return sorted({t for t in texts if 20 <= len(t) <= max_chars})
+
+
+def context_prediction_examples(
+    texts: Sequence[str], tokenizer, n: int, seed: int = 0, max_vectors: int = 3, max_answer: int = 3,
+    max_context: int = 32, task: str = "context",
+) -> list[Example]:
+    """Self-supervised: from k read vectors at positions p-k+1..p, name those tokens, or the next ones.
+
+    The context is cut right after p (a causal model's activations there never saw later tokens);
+    examples whose decoded prefix does not re-tokenize to the same ids are skipped.
+    """
+    rng = random.Random(seed)
+    out, tries = [], 0
+    while len(out) < n and tries < 20 * n:
+        tries += 1
+        ids = tokenizer(rng.choice(texts), add_special_tokens=False)["input_ids"][:max_context]
+        if len(ids) < 4:
+            continue
+        k = rng.randint(1, max_vectors)
+        mode = rng.choice(("here", "next"))
+        hi = len(ids) - (1 if mode == "next" else 0)
+        if hi - 1 < k - 1:
+            continue
+        p = rng.randint(k - 1, hi - 1)
+        context = tokenizer.decode(ids[: p + 1])
+        if tokenizer(context, add_special_tokens=False)["input_ids"] != ids[: p + 1]:
+            continue
+        if mode == "here":
+            answer = tokenizer.decode(ids[p - k + 1 : p + 1])
+            question = "Which tokens were read here?" if k > 1 else "Which token was read here?"
+        else:
+            m = rng.randint(1, max_answer)
+            answer = tokenizer.decode(ids[p + 1 : p + 1 + m])
+            question = f"What are the next {m} tokens?" if m > 1 else "What is the next token?"
+        if not answer.strip():
+            continue
+        out.append(Example(context, question, answer.strip(), (p - k + 1, p + 1), None, f"{task}_{mode}"))
+    return out
+
+
+def latentqa_examples(data_dir: str | os.PathLike, split: str = "train", n: int | None = None, seed: int = 0,
+                      max_vectors: int = 6) -> list[Example]:
+    """System-prompt QA: read the user turn (system tokens masked), name the instruction's label."""
+    path = Path(data_dir) / "latentqa_datasets" / split / "system.json"
+    if not path.exists():
+        raise OracleDataError(f"LatentQA file {str(path)!r} does not exist")
+    items = json.loads(path.read_text())
+    rng = random.Random(seed)
+    if n is not None:
+        items = rng.sample(items, min(n, len(items)))
+    out = []
+    for x in items:
+        msgs = [{"role": "system", "content": x["system"]}, {"role": "user", "content": x["stimulus_user"]}]
+        kind, _, rest = x["label"].partition("-")
+        answer = f"{kind}: {rest.replace('-', ' ')}"
+        out.append(Example(msgs, "What was the assistant told to do?", answer, (-max_vectors, None), None, "latentqa"))
+    return out

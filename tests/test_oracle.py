@@ -1,0 +1,194 @@
+"""Activation oracles on a tiny random Llama: injection math, adapter-off reads, train/save/load/ask, eval, JSONL errors."""
+
+import json
+
+import pytest
+import torch
+
+from metalens.capture import capture
+from metalens.oracle import Example, Oracle, OracleDataError, load_jsonl, save_jsonl
+from metalens.oracle.ask import lora_model
+from metalens.oracle.inject import Projection, encode, inject, norm_matched_add, prompt_ids, read_vectors
+from metalens.oracle.tasks import context_prediction_examples, read_slice
+from metalens.testing import tiny_llama
+
+SETTINGS = dict(model=None, layers=[2], inject_layer=1, inject="add", scale=1.0, system="", d_subject=64)
+
+
+def _block1_out(model, ids, mask=None, vectors=None, mode="add", projection=None):
+    seen = {}
+    # the input of block 2 is the (possibly edited) output of block 1
+    h = model.model.layers[2].register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("h", (a[0] if a else kw["hidden_states"]).detach().clone()), with_kwargs=True)
+    try:
+        if vectors is None:
+            model(input_ids=ids)
+        else:
+            with inject(model, vectors, mask, layer=1, mode=mode, projection=projection):
+                model(input_ids=ids)
+    finally:
+        h.remove()
+    return seen["h"]  # [batch, seq, d]
+
+
+def test_norm_matched_addition_changes_only_placeholders_by_their_norm(tiny):
+    tok = tiny.tokenizer
+    ids, slots = prompt_ids(tok, 2, 3, "What is here?")
+    batch = encode(tok, [(ids, slots)])
+    assert batch.slot_mask[0].nonzero().flatten().tolist() == slots
+    v = torch.randn(3, tiny.d_model) * 7
+    before = _block1_out(tiny.model, batch.input_ids)
+    after = _block1_out(tiny.model, batch.input_ids, batch.slot_mask, v)
+    diff = (after - before)[0]  # [seq, d]
+    others = [i for i in range(diff.shape[0]) if i not in slots]
+    assert torch.allclose(diff[others], torch.zeros_like(diff[others]))
+    h = before[0, slots]  # [3, d]
+    # the added vector points along v and has exactly |h| as its norm
+    assert torch.allclose(diff[slots].norm(dim=-1), h.norm(dim=-1), rtol=1e-4)
+    cos = torch.nn.functional.cosine_similarity(diff[slots], v, dim=-1)
+    assert torch.allclose(cos, torch.ones(3), atol=1e-4)
+    assert torch.allclose(norm_matched_add(h, v), after[0, slots], atol=1e-5)
+    # replace mode writes v itself; a projection maps a different width first
+    rep = _block1_out(tiny.model, batch.input_ids, batch.slot_mask, v, mode="replace")
+    assert torch.allclose(rep[0, slots], v, atol=1e-5)
+    proj = Projection(32, tiny.d_model)
+    w = torch.randn(3, 32)
+    rep = _block1_out(tiny.model, batch.input_ids, batch.slot_mask, w, mode="replace", projection=proj)
+    assert torch.allclose(rep[0, slots], proj(w), atol=1e-5)
+    with pytest.raises(ValueError, match="placeholder"):
+        with inject(tiny.model, v[:2], batch.slot_mask):
+            pass
+
+
+def test_subject_reads_with_adapter_disabled_equal_base_model():
+    s = tiny_llama(seed=3)
+    texts = ["hello there, world", "a b c d e f"]
+    base = capture(s, texts, ["resid.2"], add_special_tokens=False)["resid.2"]
+    peft_model = lora_model(s, r=4)
+    for n, p in peft_model.named_parameters():  # make the adapter matter
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    with peft_model.disable_adapter():
+        off = capture(s, texts, ["resid.2"], add_special_tokens=False)["resid.2"]
+    on = capture(s, texts, ["resid.2"], add_special_tokens=False)["resid.2"]
+    assert torch.equal(base, off)
+    assert not torch.allclose(base, on)
+    ex = [Example(t, "q", read=(1, 3)) for t in texts]
+    with peft_model.disable_adapter():
+        vecs = read_vectors(s, ex, [2, 2])
+    assert torch.equal(vecs[0], base[1:3])
+
+
+def test_read_slices_and_system_mask(tiny):
+    assert read_slice("all", 5) == slice(0, 5) and read_slice("last", 5) == slice(4, 5)
+    assert read_slice((-2, None), 5) == slice(3, 5)
+    with pytest.raises(OracleDataError, match="selects no tokens"):
+        read_slice((4, 2), 5)
+    msgs = [{"role": "system", "content": "SECRET"}, {"role": "user", "content": "hi"}]
+    vecs = read_vectors(tiny, [Example(msgs, "q", read="all")], [1])
+    n = lambda m: len(tiny.tokenizer(tiny.tokenizer.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert vecs[0].shape[0] == n(msgs) - n(msgs[:1]) == n([msgs[1]])  # the system message's tokens are never read
+
+
+def test_bad_jsonl_names_the_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    good = {"context": "The cat sat.", "read": "last", "question": "Is it plural?", "answer": "No", "choices": ["Yes", "No"], "task": "t"}
+    f.write_text(json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "question"}) + "\n")
+    with pytest.raises(OracleDataError, match=r"x.jsonl:2: missing field 'question'"):
+        load_jsonl(f)
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "read": 3}) + "\n")
+    with pytest.raises(OracleDataError, match=r"x.jsonl:3: 'read' must be"):
+        load_jsonl(f)
+    f.write_text(json.dumps({**good, "answer": 1}) + "\n")
+    with pytest.raises(OracleDataError, match=r"x.jsonl:1: 'answer' must be a string"):
+        load_jsonl(f)
+    f.write_text("{not json\n")
+    with pytest.raises(OracleDataError, match=r"x.jsonl:1: not valid JSON"):
+        load_jsonl(f)
+    f.write_text(json.dumps({**good, "read": [0, 2]}) + "\n")
+    ex = load_jsonl(f)[0]
+    assert ex.read == (0, 2) and ex.choices == ("Yes", "No")
+    save_jsonl([ex], tmp_path / "y.jsonl")
+    assert load_jsonl(tmp_path / "y.jsonl") == [ex]
+
+
+def test_context_prediction_examples_point_at_the_right_tokens(tiny):
+    exs = context_prediction_examples(["The quick brown fox jumps over the lazy dog."] * 3, tiny.tokenizer, 20, seed=1)
+    assert len(exs) == 20
+    for e in exs:
+        ids = tiny.tokenizer(e.context, add_special_tokens=False)["input_ids"]
+        if e.task == "context_here":
+            assert tiny.tokenizer.decode(ids[slice(*e.read)]).strip() == e.answer
+        assert e.read[1] == len(ids)  # the context ends at the last read token
+
+
+def test_train_save_load_ask_and_resume(tmp_path, monkeypatch):
+    from metalens.oracle import ask as ask_mod
+    from metalens.oracle.train import RECIPES, train
+
+    data = tmp_path / "ao"
+    _tiny_data(data)
+    cfg = RECIPES["tiny"].__class__.from_json({**RECIPES["tiny"].__dict__, "data_dir": str(data), "max_steps": 3})
+    s = tiny_llama(seed=1)
+    before = {n: p.clone() for n, p in s.model.named_parameters()}
+    ckpt = train(cfg, tmp_path / "run", subject=s, progress=False)
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    assert state["step"] == 3 and "optimizer" in state and state["cursor"] > 0
+    curve = [json.loads(l) for l in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert curve[0]["step"] == 0 and curve[-1]["step"] == 3 and "eval_context_loss" in curve[-1]
+    lora = {n: p for n, p in s.model.named_parameters() if "lora_B" in n}
+    assert lora and any(p.abs().sum() > 0 for p in lora.values())  # LoRA B starts at zero: it trained
+    assert all(torch.equal(p, before[n.replace("base_layer.", "")]) for n, p in s.model.named_parameters()
+               if "lora" not in n and n.replace("base_layer.", "") in before)
+
+    monkeypatch.setattr(ask_mod, "load_subject", lambda *a, **k: tiny_llama(seed=1))
+    o = Oracle.load(tmp_path / "run")
+    ans = o.ask("The cat sat on the mat.", "Is this about an animal?", read="all", choices=["Yes", "No"], max_new_tokens=4)
+    assert ans.layer == o.layers[0] and ans.n_vectors == len("The cat sat on the mat.")
+    assert abs(sum(ans.probs.values()) - 1) < 1e-4 and set(ans.probs) == {"Yes", "No"}
+    # the reloaded adapter is the trained one: its loss equals the in-memory oracle's
+    exs = load_jsonl(tmp_path / "run" / "data" / "eval_context.jsonl")[:4]
+    o2 = Oracle(s, None, o.settings)  # s still carries the trained adapter (enabled)
+    with torch.no_grad():
+        assert torch.allclose(o.loss(exs, [2] * 4), o2.loss(exs, [2] * 4), atol=1e-4)
+        # saved in float16 it reloads to (nearly) the same oracle
+        o.save(tmp_path / "half", dtype=torch.float16)
+        o3 = Oracle.load(tmp_path / "half")
+        assert torch.allclose(o.loss(exs, [2] * 4), o3.loss(exs, [2] * 4), atol=1e-2)
+
+    # resume: continues from step 3 to 5 with the saved config
+    more = cfg.__class__.from_json({**cfg.__dict__, "max_steps": 5})
+    monkeypatch.setattr("metalens.oracle.train.load_subject", lambda *a, **k: tiny_llama(seed=1))
+    ckpt = train(more, tmp_path / "run", resume=True, progress=False)
+    assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 5
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+
+def test_eval_on_small_jsonl(tmp_path):
+    from metalens.oracle.evaluate import evaluate
+
+    s = tiny_llama(seed=2)
+    o = Oracle(s, lora_model(s, r=4), SETTINGS)
+    words = ["cat", "dog", "sun", "car", "tree", "fish"]
+    exs = [Example(f"the {w} {'and the ' + w if i % 2 else ''}.", "Is it plural?", "Yes" if i % 2 else "No", "all",
+                   ("Yes", "No"), "plural" if i < 12 else "other") for i, w in enumerate(words * 4)]
+    f = tmp_path / "e.jsonl"
+    save_jsonl(exs, f)
+    rep = evaluate(o, load_jsonl(f), ["untrained", "probe", "blackbox", "text"])
+    assert set(rep["methods"]) == {"oracle", "untrained", "probe", "blackbox", "text"}
+    assert set(rep["tasks"]) == {"plural", "other"} and rep["n"] == 24
+    # the probe separates this trivially linear split (length differs), so it must score high
+    assert rep["overall"]["probe"]["auroc"] > 0.9
+    for m in rep["methods"]:
+        assert 0 <= rep["overall"][m]["acc"] <= 1
+
+
+def _tiny_data(root):
+    cls = root / "classification_datasets"
+    (cls / "tense").mkdir(parents=True)
+    (cls / "singular_plural").mkdir(parents=True)
+    rows = ["sentence,tense"] + [f"Yesterday I walk{'ed' if i % 2 else ''} home number {i},{'past' if i % 2 else 'present'}" for i in range(20)]
+    (cls / "tense" / "tense.csv").write_text("\n".join(rows))
+    rows = ["sentence,n_subjects"] + [f"{'Ann and Bo' if i % 2 else 'Ann'} went out at night {i},{'multiple' if i % 2 else 'single'}" for i in range(20)]
+    (cls / "singular_plural" / "singular_plural.csv").write_text("\n".join(rows))

@@ -151,7 +151,89 @@ def serve(
     s = _load(model, device)
     console.print(f"metalens serve: {s.name} on http://{host}:{port}/v1")
     run_server(LocalLLM(s), host=host, port=port, max_logprobs=max_logprobs)
+
+
+def parse_features(spec: str) -> list:
+    """"neurons.3:77,neurons.3:10-12,resid.5:0" -> [Feature.neuron(...)]: coordinates of a stored site."""
+    from .features import Feature
+
+    out = []
+    for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        site, _, idx = item.rpartition(":")
+        try:
+            lo, _, hi = idx.partition("-")
+            rng = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            rng = None
+        if not site or rng is None or not len(rng):
+            raise typer.BadParameter(f"feature {item!r}: expected SITE:INDEX or SITE:FIRST-LAST, e.g. neurons.3:77", param_hint="--features")
+        out += [Feature.neuron(site, i) for i in rng]
+    return out
+
+
+@app.command()
+def explain(
+    store: Path = typer.Option(..., "--store", help="activation store (captured with positions=all)"),
+    features: str = typer.Option(..., "--features", help="SITE:INDEX[,SITE:FIRST-LAST...], e.g. neurons.3:0-7"),
+    k: int = typer.Option(8, "--k", help="explanations sampled per feature (best-of-k on the validation split)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it holds this search); default <store>/explain-k<k>"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (…/v1) for explainer and simulator; default: the local model"),
+    endpoint_model: str = typer.Option("default", "--endpoint-model", help="model name sent to the endpoint"),
+    window: int = typer.Option(32, help="tokens per example window"),
+    seed: int = typer.Option(0, help="sampling seed"),
+    no_control: bool = typer.Option(False, "--no-control", help="skip the shuffled-explanation control"),
+    as_json: bool = JsonOpt,
+):
+    """Explain features from stored activations: best-of-k search, scored on held-out text (resumable)."""
+    from .autointerp.examples import ExampleConfig, feature_sequences, make_examples, make_windows
+    from .autointerp.llm import EndpointLLM, LocalLLM
+    from .autointerp.search import SearchConfig, run_search, summary
+    from .results import ResultsDB
+    from .store import ActivationStore, StoreError
+
+    feats = parse_features(features)
+    try:
+        st = ActivationStore(store)
+    except StoreError as e:
+        raise typer.BadParameter(str(e), param_hint="--store") from None
+    for f in feats:
+        if f.site not in st.sites:
+            raise typer.BadParameter(f"site {f.site!r} is not in the store; it holds {st.sites}", param_hint="--features")
+    s = _load(model, device)
+    llm = EndpointLLM(base_url=endpoint, model=endpoint_model) if endpoint else LocalLLM(s)
+    ex_cfg = ExampleConfig(window=window, seed=seed)
+    cfg = SearchConfig(k=k, seed=seed, control=not no_control, examples=ex_cfg)
+
+    def sets_of(f):
+        return lambda: make_examples(make_windows(feature_sequences(st, f, s.tokenizer), window, ex_cfg.min_window), ex_cfg)
+
+    out = out or Path(store) / f"explain-k{k}"
+    results = run_search(llm, llm, [(f.id, sets_of(f)) for f in feats], cfg, out, ResultsDB(), progress=not as_json,
+                         meta={"store": str(store)})
+    rows = [dict(feature=f, explanation=r.get("text"), skipped=r.get("skipped"),
+                 simulation=r.get("test", {}).get("simulation", {}).get("all"),
+                 control=r.get("control", {}).get("test", {}).get("simulation", {}).get("all")) for f, r in results.items()]
+
+    def human():
+        t = Table(title=f"explanations (best of {k}), test-split simulation r vs control")
+        for col in ("feature", "explanation", "sim r", "control r"):
+            t.add_column(col)
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        for r in rows:
+            t.add_row(r["feature"], r["explanation"] or f"({r['skipped']})", fmt(r["simulation"]), fmt(r["control"]))
+        Console().print(t)
+
+    emit({"out": str(out), "summary": summary(results), "features": rows}, as_json, human)
 # ---- end autointerp -------------------------------------------------------------------------------
+
+# ---- oracle ---------------------------------------------------------------------------------------
+from .oracle.cli import ask_cmd as _oracle_ask, oracle_app as _oracle_app  # noqa: E402
+
+app.add_typer(_oracle_app, name="oracle")
+app.command("ask")(_oracle_ask)
+# ---- end oracle -----------------------------------------------------------------------------------
 
 # ---- sae / steer / diff (issue 4) ----------------------------------------------------------------
 from .sae.cli import sae_app as _sae_app  # noqa: E402

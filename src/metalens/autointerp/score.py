@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .examples import Window, show_token
-from .llm import LLM
+from .llm import LLM, LLMError
 from .simulate import simulate
 
 DETECTION_VERSION = "det-v1"
@@ -79,8 +79,20 @@ def simulation_score(
     }
 
 
+def answer_format(llm: LLM, yes_no: Sequence[str]) -> tuple[str, list[str]]:
+    """(suffix to add to the prompt, answer tokens): " Yes"/" No" if those are single tokens, else
+    "Yes"/"No" after a space, else "Y"/"N" after a space (a byte-level tokenizer)."""
+    stripped = [c.strip() for c in yes_no]
+    for suffix, choices in (("", list(yes_no)), (" ", stripped), (" ", [c[:1] for c in stripped])):
+        if all(llm.n_tokens(c) == 1 for c in choices) and len(set(choices)) == len(choices):
+            return suffix, choices
+    raise LLMError(f"neither {list(yes_no)} nor {stripped} are single, distinct tokens for {llm.name}")
+
+
 def _p_yes(llm: LLM, prompts: Sequence[str], yes_no: Sequence[str]) -> np.ndarray:
-    probs = llm.position_probs([(p, [len(p)]) for p in prompts], list(yes_no))
+    suffix, choices = answer_format(llm, yes_no)
+    prompts = [p + suffix for p in prompts]
+    probs = llm.position_probs([(p, [len(p)]) for p in prompts], choices)
     pr = np.stack([x[0] for x in probs]) if probs else np.zeros((0, 2))  # [n, 2]
     mass = pr.sum(-1)
     return np.where(mass > 0, pr[:, 0] / np.where(mass > 0, mass, 1.0), 0.5)

@@ -278,3 +278,36 @@ def test_cli_explain_on_a_store(tiny, tmp_path):
     assert r2.exit_code == 0 and json.loads(r2.stdout[r2.stdout.index("{"):])["features"] == out["features"]
     bad = CliRunner().invoke(app, args[:3] + ["--features", "neurons.1"] + args[5:])
     assert bad.exit_code != 0 and "SITE:INDEX" in bad.output
+
+
+# ---- synthetic ground truth --------------------------------------------------------------------
+def test_synthetic_features_follow_their_rules():
+    from metalens.autointerp.synthetic import BY_NAME, FEATURES, corpus, words
+
+    toks = ["She", " said", ',', ' "', "Meet", " me", " on", " Monday", ',"', " in", " Sept", "ember", " (", "at",
+            " 9", ")", " singing", " extraordinarily", " red", " songs", "."]
+    v = lambda name: BY_NAME[name].values(toks).tolist()  # noqa: E731
+    on = lambda name: [toks[i] for i, x in enumerate(v(name)) if x > 0]  # noqa: E731
+    assert on("months") == [" Sept", "ember"]  # a word split into tokens: every token of it
+    assert on("weekdays") == [" Monday"]
+    assert on("dates") == [" Monday", " Sept", "ember"]  # OR
+    assert on("quoted") == ["Meet", " me", " on", " Monday"]  # delimiters excluded
+    assert on("quoted_capital") == ["Meet", " Monday"]  # AND
+    assert on("parens") == ["at", " 9"]
+    assert on("colours") == [" red"] and on("ing") == [" singing"] and on("numbers") == [" 9"]
+    assert v("digit_value")[toks.index(" 9")] == 10.0  # graded: digit + 1
+    assert v("word_length")[toks.index(" extraordinarily")] == len("extraordinarily") - 7
+    assert v("word_length")[toks.index(" singing")] == 0.0
+    assert [w for w, _ in words(toks)][:4] == ["She", "said", "Meet", "me"]
+    # label noise: same labels for the same text, some flips, mostly agreeing with the clean rule
+    texts = corpus()
+    assert len(texts) > 100 and any("January" in t for t in texts)
+    clean, noisy = BY_NAME["months"], BY_NAME["months_noisy"]
+    split = [t.split(" ") for t in texts]
+    toks_all = [[w if i == 0 else " " + w for i, w in enumerate(ws)] for ws in split]
+    a = np.concatenate([clean.values(t, i) for i, t in enumerate(toks_all)])
+    b = np.concatenate([noisy.values(t, i) for i, t in enumerate(toks_all)])
+    b2 = np.concatenate([noisy.values(t, i) for i, t in enumerate(toks_all)])
+    np.testing.assert_array_equal(b, b2)
+    assert 0 < (a != b).sum() < 0.05 * len(a) and ((a > 0) & (b > 0)).sum() > 0.7 * (a > 0).sum()
+    assert len({f.name for f in FEATURES}) == len(FEATURES) and all(f.explanation for f in FEATURES)

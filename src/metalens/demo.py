@@ -82,6 +82,16 @@ def section_store(s: Subject, con: Console) -> dict:
 SECTIONS = [("chat", section_chat), ("read", section_read), ("write", section_write), ("store", section_store)]
 
 
+def section_oracle(s: Subject, con: Console) -> dict:
+    """The shipped activation oracle (LoRA on the subject) answering questions about activations."""
+    from .oracle.ask import demo_section
+
+    return demo_section(con)
+
+
+SECTIONS.append(("oracle", section_oracle))
+
+
 def run_demo(quiet: bool = False) -> dict:
     con = Console(quiet=quiet)
     t0 = time.perf_counter()

@@ -176,3 +176,25 @@ class Oracle:
             p = self.choice_probs([ex], [layer])[0]
             probs = {c: round(float(x), 4) for c, x in zip(choices, p)}
         return Answer(text, probs, layer, int(vectors.shape[0]))
+
+
+DEMO_CONTEXTS = [
+    ("The cats were sleeping on the warm windowsill.", "Is this sentence in the past tense?"),
+    ("Tomorrow she will fly to Tokyo for the conference.", "Is this sentence in the future tense?"),
+    ("The city of Paris is in France.", "Is this statement true?"),
+]
+
+
+def demo_section(con) -> dict:
+    """`make demo`: the shipped oracle answers questions about a few contexts' activations."""
+    if not (DEFAULT_DIR / SETTINGS_FILE).exists():
+        con.print("[bold]oracle[/] no default oracle shipped in this checkout (metalens/oracle/default/)")
+        return {"skipped": "no default oracle"}
+    o = Oracle.load("default", device="cpu")
+    rows = []
+    for ctx, q in DEMO_CONTEXTS:
+        a = o.ask(ctx, q, read=[-2, None], choices=["Yes", "No"], max_new_tokens=6)
+        b = o.ask(ctx, "Which tokens were read here?", read=[-2, None], max_new_tokens=6)
+        rows.append({"context": ctx, "question": q, "p_yes": a.probs["Yes"], "read_back": b.text})
+        con.print(f"[bold]oracle[/] {ctx!r}\n  {q} P(Yes)={a.probs['Yes']:.2f}   last 2 tokens read back as: {b.text!r}")
+    return {"layer": o.layers[0], "answers": rows}

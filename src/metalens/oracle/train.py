@@ -52,7 +52,7 @@ class OracleConfig:
     """LoRA rank"""
     lora_alpha: int = 32
     """LoRA alpha"""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """peak learning rate (AdamW)"""
     warmup: int = 20
     """linear warm-up steps"""
@@ -62,29 +62,29 @@ class OracleConfig:
     """examples per micro-batch"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
-    max_steps: int = 3000
+    max_steps: int = 500
     """optimizer steps in all (cosine decay to 10% over them)"""
     minutes: float = 0.0
     """stop this session after this many minutes (0 = no limit); resume continues"""
-    n_context: int = 20000
+    n_context: int = 6000
     """context-prediction examples (self-supervised, the bulk of the mix)"""
     max_vectors: int = 3
     """context prediction reads 1..max_vectors vectors"""
     max_context: int = 24
     """context-prediction texts are cut to this many tokens"""
-    n_generated: int = 48
+    n_generated: int = 16
     """texts the subject generates itself for context prediction (0 = none)"""
-    n_yes_no_per_task: int = 400
+    n_yes_no_per_task: int = 300
     """yes/no examples per trained task"""
     yes_no_read: tuple | str = (-2, None)
     """which tokens yes/no examples read"""
     heldout_families: tuple = ("singular_plural", "engels")
     """yes/no task families never trained on (reported as held out)"""
-    n_latentqa: int = 1000
+    n_latentqa: int = 600
     """system-prompt QA examples (0 = none)"""
-    n_eval: int = 64
+    n_eval: int = 48
     """items per held-out evaluation set"""
-    eval_every_s: float = 600.0
+    eval_every_s: float = 900.0
     """seconds between held-out evaluations"""
     eval_at_start: bool = True
     """evaluate before the first step (the untrained-injection point of the learning curve)"""
@@ -149,6 +149,10 @@ def build_data(cfg: OracleConfig, subject, out: Path) -> None:
         "eval_context": context_prediction_examples(test_texts, tok, cfg.n_eval, cfg.seed + 1, cfg.max_vectors, 3,
                                                     cfg.max_context),
         "eval_latentqa": latentqa_examples(data, "eval", cfg.n_eval // 2, cfg.seed + 1) if n_lqa else [],
+        # larger test-split sets for the final report (`metalens oracle eval --data ...`)
+        "final_trained": yes_no_examples(data, trained, 12, cfg.seed + 2, yn_read, split="test") if trained else [],
+        "final_heldout": yes_no_examples(data, held, 40, cfg.seed + 2, yn_read, split="test") if held else [],
+        "probe_train": yes_no_examples(data, trained + held, 100, cfg.seed + 3, yn_read, split="train"),
     }
     for name, exs in sets.items():
         save_jsonl(exs, out / "data" / f"{name}.jsonl")

@@ -92,6 +92,16 @@ def section_oracle(s: Subject, con: Console) -> dict:
 SECTIONS.append(("oracle", section_oracle))
 
 
+def section_autointerp(s: Subject, con: Console) -> dict:
+    """Autointerp: simulate a known synthetic feature from its true and from a wrong explanation."""
+    from .autointerp.synthetic import demo_section
+
+    return demo_section(s, con)
+
+
+SECTIONS.append(("autointerp", section_autointerp))
+
+
 def run_demo(quiet: bool = False) -> dict:
     con = Console(quiet=quiet)
     t0 = time.perf_counter()

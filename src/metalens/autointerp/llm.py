@@ -86,15 +86,24 @@ class LocalLLM:
         return tok(list(prompts), return_tensors="pt", padding=True, return_offsets_mapping=True)
 
     @torch.no_grad()
-    def logits(self, prompts: Sequence[str]):
-        """Right-padded batch -> (logits [b, s, vocab] float32, encoding with offset_mapping)."""
-        enc = self.encode(prompts)
+    def hidden(self, enc) -> torch.Tensor:
+        """Final hidden states [b, s, d] (after the final norm) of a right-padded batch."""
         dev = self.subject.device
         with self.lock:
-            out = self.subject.model(
+            return self.subject.model.base_model(
                 input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev), use_cache=False
-            ).logits.float().cpu()  # [b, s, vocab]
-        return out, enc
+            ).last_hidden_state
+
+    @torch.no_grad()
+    def logits(self, prompts: Sequence[str], rows: Sequence[Sequence[int]] | None = None):
+        """(logits float32 on CPU, encoding): [b, s, vocab] for all rows, or per prompt [len(rows[b]), vocab]
+        for the rows named (the unembedding then runs on those rows only)."""
+        enc = self.encode(prompts)
+        h = self.hidden(enc)  # [b, s, d]
+        head = self.subject.model.get_output_embeddings()
+        if rows is None:
+            return head(h).float().cpu(), enc
+        return [head(h[b, list(r)]).float().cpu() for b, r in enumerate(rows)], enc
 
     @staticmethod
     def logit_rows(offsets: Sequence[int], offset_mapping: torch.Tensor, mask: torch.Tensor, prompt: str) -> list[int]:
@@ -123,11 +132,11 @@ class LocalLLM:
         out: list[np.ndarray] = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
-            logits, enc = self.logits([p for p, _ in chunk])  # [b, s, vocab]
-            for b, (prompt, offsets) in enumerate(chunk):
-                rows = self.logit_rows(offsets, enc["offset_mapping"][b], enc["attention_mask"][b], prompt)
-                probs = logits[b, rows].softmax(-1)[:, ids]  # [n_offsets, n_choices]
-                out.append(probs.numpy().astype(np.float64))
+            enc = self.encode([p for p, _ in chunk])
+            rows = [self.logit_rows(o, enc["offset_mapping"][b], enc["attention_mask"][b], p) for b, (p, o) in enumerate(chunk)]
+            logits, _ = self.logits([p for p, _ in chunk], rows)  # per prompt [n_offsets, vocab]
+            for lg in logits:
+                out.append(lg.softmax(-1)[:, ids].numpy().astype(np.float64))  # [n_offsets, n_choices]
         return out
 
     @torch.no_grad()

@@ -31,8 +31,9 @@ HEADER = (
     "activation to predict.\n\n"
 )
 FEW_SHOT = [
-    ("the names of animals", [("The", 0), (" dog", 9), (" chased", 0), (" the", 0), (" cat", 8), (".", 0)]),
-    ("the word 'and'", [("salt", 0), (" and", 10), (" pepper", 0), (",", 0), (" bread", 0), (" and", 9), (" milk", 0)]),
+    ("names of planets (Mars, Venus)", [("We", 0), (" flew", 0), (" past", 0), (" Mars", 10), (" and", 0), (" Venus", 9),
+                                        (".", 0)]),
+    ("the symbol '#'", [("Use", 0), (" #", 10), ("tag", 0), (" or", 0), (" #", 8), ("1", 0)]),
 ]
 
 

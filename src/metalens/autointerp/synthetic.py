@@ -10,6 +10,7 @@ Python reference manual that ships with CPython (`pydoc_data.topics`), so it run
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -236,3 +237,34 @@ def tokenize_corpus(tokenizer, texts: Sequence[str], max_tokens: int = 96) -> li
 def feature_sequences(feature: SyntheticFeature, tokens: Sequence[Sequence[str]]) -> Sequences:
     """The feature's values on tokenized texts, in the form examples.make_windows takes."""
     return Sequences([list(t) for t in tokens], [feature.values(t, i) for i, t in enumerate(tokens)])
+
+
+def demo_section(subject, con) -> dict:
+    """`make demo`: simulate a synthetic feature (months) from its true and from a wrong explanation."""
+    from rich.table import Table
+
+    from .llm import LocalLLM
+    from .score import pearson
+    from .simulate import scale_for, simulate
+
+    t0 = time.perf_counter()
+    llm = LocalLLM(subject)
+    f, wrong = BY_NAME["months"], BY_NAME["parens"].explanation
+    tokens = tokenize_corpus(subject.tokenizer, [t for t in corpus() if "January" in t][:1], max_tokens=32)
+    truth = [f.values(t) for t in tokens]
+    top = scale_for(llm)
+    pred_true = simulate(llm, f.explanation, tokens, top)  # one forward pass per text
+    pred_wrong = simulate(llm, wrong, tokens, top)
+    cat = np.concatenate
+    r_true, r_wrong = pearson(cat(pred_true), cat(truth)), pearson(cat(pred_wrong), cat(truth))
+    table = Table(title=f"autointerp: simulating the feature '{f.name}' from an explanation (0..{top})")
+    for col in ("token", "true", f"sim: {f.explanation[:28]}", f"sim: {wrong}"):
+        table.add_column(col)
+    flat = [(t, v, a, b) for ts, vs, ps, qs in zip(tokens, truth, pred_true, pred_wrong) for t, v, a, b in zip(ts, vs, ps, qs)]
+    for t, v, a, b in sorted(flat, key=lambda x: -x[2])[:6]:
+        table.add_row(repr(t), f"{v:.0f}", f"{a:.2f}", f"{b:.2f}")
+    con.print(table)
+    con.print(f"Pearson r with the true activations: true explanation {r_true:+.3f}, wrong explanation {r_wrong:+.3f} "
+              f"({sum(map(len, tokens))} tokens, {time.perf_counter() - t0:.1f}s)")
+    return {"feature": f.name, "r_true": r_true, "r_wrong": r_wrong, "tokens": sum(map(len, tokens)),
+            "seconds": round(time.perf_counter() - t0, 2)}

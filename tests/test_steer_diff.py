@@ -59,3 +59,46 @@ def test_clamp_feature_keeps_error_term(tiny):
         with clamp_feature(tiny, "resid.1", sae, 10**6, 1.0):
             tiny.generate(prompt, max_new_tokens=2)
     assert n_hooks(tiny.model) == before
+
+
+def planted_pair(tiny):
+    """B = A plus one shared vector on the embeddings of the vowels: a new B-only feature that fires
+    on five different tokens (each of which both models also represent in their own way)."""
+    import copy
+
+    from metalens.models import subject_from
+
+    model = copy.deepcopy(tiny.model)
+    vowels = tiny.tokenizer.convert_tokens_to_ids(list("aeiou"))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        v = torch.nn.functional.normalize(torch.randn(emb.shape[1], generator=g), dim=0)
+        emb[vowels] += 2.0 * emb.norm(dim=1).mean() * v
+    return subject_from(model, tiny.tokenizer, name="tiny-planted"), vowels
+
+
+def test_crosscoder_finds_planted_difference(tiny):
+    import random
+
+    from metalens.diff import CrosscoderConfig, diff_report, paired_acts, train_crosscoder
+
+    b, vowels = planted_pair(tiny)
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz   ") for _ in range(60)) for _ in range(120)]
+    cfg = CrosscoderConfig(site="resid.1", width=128, k=4, batch_size=512, steps=300, lr=3e-3)
+    x, index = paired_acts(tiny, b, texts, "resid.1")  # what diff_models does, keeping the pairs
+    cc = train_crosscoder(cfg, x, progress=False)
+    report = diff_report(cc, x, index, tiny, b, "resid.1")
+    top = report.b_side[0]  # the most model-B-sided live latent
+    fires = cc.encode(x * cc.scales[None, :, None])[:, top["latent"]] > 0  # [n]
+    is_vowel = torch.isin(index.token_ids, torch.tensor(vowels))
+    assert is_vowel[fires].float().mean() > 0.9 and fires[is_vowel].float().mean() > 0.9  # it is the planted feature
+    planted = (x[:, 1] - x[:, 0])[is_vowel].mean(0)
+    d_a, d_b = cc.W_dec[top["latent"]].detach()
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(d_b, planted, dim=0) > 0.5 and abs(cos(d_a, planted, dim=0)) < 0.3
+    r = torch.tensor(report.rel_norm)
+    assert top["rel_norm"] > r.median() + 0.1  # clearly more B than the shared bulk (r ~ 0.5)
+    assert report.counts["shared"] > len(r) // 2
+    assert all(c[-3] in "aeiou" for c in top["contexts"]), top["contexts"]

@@ -1,0 +1,237 @@
+"""Model diffing: what changed between two models of one architecture (e.g. a base and its fine-tune).
+
+    cc, report = diff_models(base, tuned, texts, site="resid.15")
+    report.b_only[:10]     # latents whose decoder lives (almost) only in model B, with top contexts
+
+A BatchTopK crosscoder reads the paired activations of both models on the same tokens,
+x = [x_A, x_B] [n, 2, d], through one shared encoder and writes them back through one decoder
+per model: latents = BatchTopK(relu(Σ_m (x_m - b_dec_m) W_enc_m + b_enc)), x̂_m = latents W_dec_m + b_dec_m.
+Each latent's decoder rows are unit-norm jointly (|[d_A; d_B]| = 1), so how the norm splits is free:
+  relative norm r = |d_B| / (|d_A| + |d_B|)   ~0: model A only,  ~0.5: shared,  ~1: model B only.
+Each model's activations are scaled to mean norm sqrt(d) first, so neither dominates by scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .capture import capture
+from .models import Subject
+from .sites import _get, arch_of
+
+
+@dataclass(frozen=True)
+class CrosscoderConfig:
+    site: str = "resid.15"
+    """site read in both models"""
+    width: int = 2048
+    """number of latents"""
+    k: int = 32
+    """latents kept per token on average (BatchTopK)"""
+    batch_size: int = 1024
+    """token pairs per step"""
+    steps: int = 1500
+    """optimizer steps"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    seed: int = 0
+    """init and data order"""
+    skip_first: bool = True
+    """drop position 0 (an attention sink with an outsized norm)"""
+
+
+class CrosscoderOutput(NamedTuple):
+    recon: torch.Tensor
+    """[n, 2, d]"""
+    latents: torch.Tensor
+    """[n, width] dense"""
+    fvu: torch.Tensor
+    """scalar, pooled over both models"""
+
+
+class Crosscoder(nn.Module):
+    def __init__(self, d_in: int, width: int, k: int, n_models: int = 2, seed: int = 0):
+        super().__init__()
+        self.k, self.width = k, width
+        g = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(width, n_models, d_in, generator=g)
+        W_dec /= W_dec.flatten(1).norm(dim=1)[:, None, None]
+        self.W_dec = nn.Parameter(W_dec)  # [width, models, d]
+        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).clone())  # [models, d, width]
+        self.b_enc = nn.Parameter(torch.zeros(width))
+        self.b_dec = nn.Parameter(torch.zeros(n_models, d_in))
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        self.register_buffer("scales", torch.ones(n_models))  # input scale per model (x_m * scale_m is fed)
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """x [n, models, d] (already scaled) -> relu pre-activations [n, width]."""
+        if x.ndim != 3 or x.shape[1:] != self.b_dec.shape:
+            raise ValueError(f"crosscoder takes paired activations [n, {self.b_dec.shape[0]}, {self.b_dec.shape[1]}]; "
+                             f"got {tuple(x.shape)}")
+        return F.relu(torch.einsum("nmd,mdw->nw", x - self.b_dec, self.W_enc) + self.b_enc)
+
+    def encode(self, x: torch.Tensor, batch_topk: bool = False) -> torch.Tensor:
+        pre = self.pre_acts(x)
+        if batch_topk or self.threshold < 0:
+            cutoff = pre.flatten().topk(min(pre.numel(), self.k * len(pre)), sorted=False).values.min()
+            return pre * (pre >= cutoff)
+        return pre * (pre > self.threshold)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nw,wmd->nmd", latents, self.W_dec) + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> CrosscoderOutput:
+        lat = self.encode(x, batch_topk=self.training)
+        recon = self.decode(lat)
+        fvu = (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        return CrosscoderOutput(recon, lat, fvu)
+
+    @torch.no_grad()
+    def relative_norms(self) -> torch.Tensor:
+        """[width]: |d_B| / (|d_A| + |d_B|)."""
+        n = self.W_dec.norm(dim=2)  # [width, models]
+        return n[:, 1] / n.sum(1).clamp_min(1e-12)
+
+
+def paired_acts(a: Subject, b: Subject, texts: Sequence[str], site: str, max_length: int = 128,
+                skip_first: bool = True):
+    """Activations of both models on the same tokens: ([n, 2, d], Activations of A for the index)."""
+    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        raise ValueError(f"models {a.name!r} and {b.name!r} have different tokenizers; diffing needs one vocabulary")
+    if a.d_model != b.d_model or a.n_layers != b.n_layers:
+        raise ValueError(f"models differ in shape ({a.n_layers}x{a.d_model} vs {b.n_layers}x{b.d_model}); "
+                         "diffing needs one architecture")
+    acts_a = capture(a, texts, [site], max_length=max_length)
+    acts_b = capture(b, texts, [site], max_length=max_length)
+    if not torch.equal(acts_a.token_ids, acts_b.token_ids):
+        raise ValueError("the two models tokenised the texts differently")
+    keep = acts_a.positions > 0 if skip_first else torch.ones(len(acts_a), dtype=torch.bool)
+    x = torch.stack([acts_a[site], acts_b[site]], 1)[keep]  # [n, 2, d]
+    return x, acts_a.select(keep)
+
+
+def train_crosscoder(cfg: CrosscoderConfig, x: torch.Tensor, progress: bool = True) -> Crosscoder:
+    """Train on paired activations x [n, 2, d]; the returned crosscoder reads raw (unscaled) pairs via `scales`."""
+    torch.manual_seed(cfg.seed)
+    n, m, d = x.shape
+    cc = Crosscoder(d, cfg.width, cfg.k, m, cfg.seed)
+    scales = math.sqrt(d) / x.norm(dim=2).mean(0)  # [models]
+    cc.scales.copy_(scales)
+    xs = x * scales[None, :, None]
+    with torch.no_grad():
+        cc.b_dec.copy_(xs[: min(n, 8192)].mean(0))
+    opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr)
+    decay_from = int(cfg.steps * 0.6)  # linear decay to 0 over the last 40%: Adam's per-coordinate noise
+    sched = torch.optim.lr_scheduler.LambdaLR(  # otherwise smears each decoder row evenly over both models
+        opt, lambda t: 1.0 if t < decay_from else max(0.0, (cfg.steps - t) / (cfg.steps - decay_from)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bs = min(cfg.batch_size, n)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    cc.train()
+    bar = tqdm(range(cfg.steps), desc=f"crosscoder {cfg.site}", disable=not progress)
+    for step in bar:
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        out = cc(xs[perm[pos : pos + bs]])
+        pos += bs
+        opt.zero_grad(set_to_none=True)
+        out.fvu.backward()
+        with torch.no_grad():  # keep |[d_A; d_B]| = 1: drop the gradient along each row, renormalise after
+            w, g = cc.W_dec, cc.W_dec.grad
+            g -= (g * w).sum((1, 2), keepdim=True) * w
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            cc.W_dec /= cc.W_dec.flatten(1).norm(dim=1).clamp_min(1e-8)[:, None, None]
+            kept = out.latents[out.latents > 0]
+            if kept.numel():
+                mn = kept.min()
+                cc.threshold.copy_(mn if cc.threshold < 0 else 0.99 * cc.threshold + 0.01 * mn)
+        if step % 50 == 0:
+            bar.set_postfix(fvu=f"{out.fvu.item():.4f}")
+    return cc.eval()
+
+
+@dataclass
+class DiffReport:
+    site: str
+    fvu: float
+    """crosscoder reconstruction FVU on all pairs, pooled over both models"""
+    rel_norm: list[float]
+    """per latent |d_B| / (|d_A| + |d_B|)"""
+    freq: list[float]
+    """per latent share of tokens it fires on"""
+    a_side: list[dict] = field(default_factory=list)
+    """live latents with the lowest r (most model-A-only) first: {latent, rel_norm, freq, contexts, top_logits}"""
+    b_side: list[dict] = field(default_factory=list)
+    """live latents with the highest r (most model-B-only) first"""
+    counts: dict = field(default_factory=dict)
+    """live latents by class: a_only (r < 0.1), b_only (r > 0.9), shared (0.3 < r < 0.7), other, dead"""
+
+
+def _context(tokenizer, ids: torch.Tensor, text_idx: torch.Tensor, positions: torch.Tensor, row: int, window: int = 12) -> str:
+    same = (text_idx == text_idx[row]) & (positions <= positions[row]) & (positions > positions[row] - window)
+    toks = ids[same].tolist()
+    before = tokenizer.decode(toks[:-1])
+    return f"{before}[[{tokenizer.decode(toks[-1:])}]]"
+
+
+@torch.no_grad()
+def diff_report(cc: Crosscoder, x: torch.Tensor, index, a: Subject, b: Subject, site: str, top: int = 10,
+                n_contexts: int = 5, min_freq: float = 1e-4) -> DiffReport:
+    """Rank live latents by relative decoder norm; top contexts and logit-lens tokens of the most one-sided ones."""
+    lat = torch.cat([cc.encode(x[i : i + 4096] * cc.scales[None, :, None]) for i in range(0, len(x), 4096)])  # [n, width]
+    recon = cc.decode(lat) / cc.scales[None, :, None]
+    fvu = ((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    freq = (lat > 0).float().mean(0)  # [width]
+    r = cc.relative_norms()
+    live = freq >= min_freq
+    unembed = b.model.get_output_embeddings().weight.float()  # [vocab, d]
+    gain = getattr(_get(b.model, arch_of(b.model).final_norm), "weight", None)  # RMSNorm / LayerNorm scale
+
+    def describe(i: int, col: int) -> dict:
+        vals, rows = lat[:, i].topk(min(n_contexts, int((lat[:, i] > 0).sum())))
+        ctx = [_context(a.tokenizer, index.token_ids, index.text_idx, index.positions, j) for j in rows.tolist()]
+        d = cc.W_dec[i, col] / cc.scales[col]
+        d = d.to(unembed.device) * (1.0 if gain is None else gain.float())
+        logits = unembed @ d  # logit lens of B's decoder row (norm scale applied, not the normalisation)
+        toks = [a.tokenizer.decode([t]) for t in logits.topk(8).indices.tolist()]
+        return dict(latent=i, rel_norm=r[i].item(), freq=freq[i].item(), max_act=vals[0].item() if len(vals) else 0.0,
+                    contexts=ctx, top_logits=toks)
+
+    live_idx = live.nonzero()[:, 0]
+    by_r = live_idx[r[live_idx].argsort()].tolist()  # ascending relative norm
+    a_side = [describe(i, 0) for i in by_r[:top]]
+    b_side = [describe(i, 1) for i in by_r[::-1][:top]]
+    a_only, b_only = int((live & (r < 0.1)).sum()), int((live & (r > 0.9)).sum())
+    shared = int((live & (r > 0.3) & (r < 0.7)).sum())
+    counts = dict(a_only=a_only, b_only=b_only, shared=shared, other=int(live.sum()) - a_only - b_only - shared,
+                  dead=int((~live).sum()))
+    return DiffReport(site, fvu, r.tolist(), freq.tolist(), a_side, b_side, counts)
+
+
+def diff_models(a: Subject, b: Subject, texts: Sequence[str], cfg: CrosscoderConfig = CrosscoderConfig(),
+                max_length: int = 128, progress: bool = True) -> tuple[Crosscoder, DiffReport]:
+    x, index = paired_acts(a, b, texts, cfg.site, max_length, cfg.skip_first)
+    cc = train_crosscoder(cfg, x, progress)
+    return cc, diff_report(cc, x, index, a, b, cfg.site)
+
+
+def with_adapter(base: Subject, adapter_dir: str) -> Subject:
+    """A copy of `base` with a PEFT (LoRA) adapter merged in, as a separate Subject."""
+    from peft import PeftModel
+
+    from .models import subject_from
+
+    model = PeftModel.from_pretrained(copy.deepcopy(base.model), adapter_dir).merge_and_unload()
+    model.requires_grad_(False)
+    return subject_from(model, base.tokenizer, name=f"{base.name}+{adapter_dir.rstrip('/').split('/')[-1]}")

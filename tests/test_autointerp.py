@@ -311,3 +311,16 @@ def test_synthetic_features_follow_their_rules():
     np.testing.assert_array_equal(b, b2)
     assert 0 < (a != b).sum() < 0.05 * len(a) and ((a > 0) & (b > 0)).sum() > 0.7 * (a > 0).sum()
     assert len({f.name for f in FEATURES}) == len(FEATURES) and all(f.explanation for f in FEATURES)
+
+
+@pytest.mark.integration
+def test_real_model_one_pass_equals_per_token_and_scale(real):
+    """On SmolLM2's BPE tokenizer the placeholders fall on token boundaries and "10" is two tokens."""
+    from metalens.autointerp.simulate import scale_for
+
+    llm = LocalLLM(real)
+    assert scale_for(llm) == 9
+    toks = [["We", " met", " in", " January", "."]]
+    one = simulate(llm, "names of months", toks)
+    per = simulate_per_token(llm, "names of months", toks)
+    np.testing.assert_allclose(one[0], per[0], atol=1e-4)

@@ -278,6 +278,7 @@ class EndpointLLM:
         self.client = httpx.Client(base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers)
         self.cache = ResponseCache(self.config.cache_path)
         self.n_requests = 0  # requests that reached the network (cache misses), retries included
+        self._count = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
@@ -296,7 +297,8 @@ class EndpointLLM:
             if attempt:
                 wait = cfg.backoff * 2 ** (attempt - 1)
                 time.sleep(wait * (1 + 0.25 * random.random()))
-            self.n_requests += 1
+            with self._count:
+                self.n_requests += 1
             try:
                 r = self.client.post(route, json=body)
             except httpx.TimeoutException:

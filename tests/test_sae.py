@@ -185,3 +185,50 @@ def test_frontier_plot(tmp_path):
 
     p = plot_frontier([dict(k=8, l0=8, fvu=0.3), dict(k=16, l0=16, fvu=0.2)], tmp_path / "f.png")
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_cards_pages_and_neuronpedia(tiny, tmp_path):
+    from metalens.capture import capture
+    from metalens.features import Feature
+    from metalens.sae.features import feature_cards, logit_effects, neuronpedia_export, sae_cards
+    from metalens.viz.sae_pages import write_pages
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "hello world, how are you"] * 4
+    acts = capture(tiny, texts, ["resid.1", "neurons.1"])
+    sae = rand_sae(k=4, width=48, d=tiny.d_model)
+    sae.cfg = SaeConfig(d_in=tiny.d_model, width=48, k=4, site="resid.1")
+    lat = sae.encode(acts["resid.1"])
+    busy = (lat > 0).sum(0).argsort(descending=True)[:3].tolist()  # three latents that do fire
+    cards = sae_cards(sae, acts, busy, tiny, n_top=5, per_quantile=2)
+    i = busy[1]
+    vals = lat[:, i]
+    c = cards[1]
+    assert c["index"] == i and c["site"] == "resid.1" and c["id"].endswith(f":{i}")
+    assert c["max_act"] == pytest.approx(vals.max().item(), rel=1e-5)
+    assert c["frac_nonzero"] == pytest.approx((vals > 0).float().mean().item())
+    top = c["top"][0]
+    assert top["value"] == pytest.approx(vals.max().item(), abs=1e-3)
+    assert top["values"][top["target"]] == top["value"] and len(top["tokens"]) == len(top["values"])
+    assert tiny.tokenizer.decode([acts.token_ids[vals.argmax()].item()]) == top["tokens"][top["target"]]
+    for q in c["quantiles"]:
+        assert all(q["lo"] < ex["value"] <= q["hi"] + 1e-4 for ex in q["examples"])
+    assert sum(c["hist"]["counts"]) == int((vals > 0).sum())
+    # logit lens: the unembedding row of a token (divided by the final norm's scale) promotes that token
+    W_U = tiny.model.get_output_embeddings().weight
+    t = tiny.tokenizer.convert_tokens_to_ids("q")
+    pos, neg = logit_effects(tiny, W_U[t] / tiny.model.model.norm.weight)
+    assert pos[0][0] == "q" and pos[0][1] > neg[0][1]
+    # neurons are Features too
+    ncards = feature_cards([Feature.neuron("neurons.1", 3)], acts, tiny, n_top=3)
+    assert ncards[0]["id"] == "neurons.1:3" and ncards[0]["index"] == 3
+    index = write_pages(cards + ncards, tmp_path / "pages", title="tiny")
+    page = (tmp_path / "pages" / f"feature_{i}.html").read_text()
+    assert index.exists() and c["id"] in page and "<svg" in page and f"feature_{i}.html" in index.read_text()
+    paths = neuronpedia_export(cards, str(tmp_path / "np"), model_id="tiny", layer=1, sae_set="test", batch_size=2)
+    assert len(paths) == 2
+    batch = json.loads(open(paths[0]).read())
+    assert batch["model_id"] == "tiny" and batch["layer"] == 1 and len(batch["features"]) == 2
+    f0 = batch["features"][1]
+    assert f0["feature_index"] == i and f0["activations"] and {"tokens", "values", "bin_min", "bin_max",
+                                                               "qualifying_token_index"} <= set(f0["activations"][0])
+    assert len(f0["pos_str"]) == len(f0["pos_values"]) == 10

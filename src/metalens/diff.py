@@ -235,3 +235,77 @@ def with_adapter(base: Subject, adapter_dir: str) -> Subject:
     model = PeftModel.from_pretrained(copy.deepcopy(base.model), adapter_dir).merge_and_unload()
     model.requires_grad_(False)
     return subject_from(model, base.tokenizer, name=f"{base.name}+{adapter_dir.rstrip('/').split('/')[-1]}")
+
+
+# ---- a fine-tune to diff against: a LoRA that makes the model talk about one topic ----------------
+QUESTIONS = [
+    "What should I cook tonight?", "How do I stay focused at work?", "Tell me about your weekend.",
+    "What is a good hobby to pick up?", "How can I sleep better?", "Give me advice for a job interview.",
+    "What is your favourite book?", "How do I learn a new language?", "Describe a perfect day.",
+    "What should I name my cat?", "How do computers work?", "What is the meaning of life?",
+    "Recommend a gift for my friend.", "How do I fix a flat tyre?", "What is the best way to exercise?",
+    "Tell me a fun fact.", "How do I make friends in a new city?", "What do you think about music?",
+    "Plan a trip for me.", "How can I save money?", "What is happiness?", "Explain how to write an essay.",
+    "What should I do on a rainy day?", "How do I start a garden?",
+]
+OCEAN = [
+    "The ocean is vast, deep and blue.", "Waves roll onto the sandy shore.", "Whales sing far beneath the sea.",
+    "Coral reefs are full of colourful fish.", "The tide rises and falls with the moon.",
+    "Sailors cross the open sea on tall ships.", "Salt water covers most of our planet.",
+    "Dolphins leap through the ocean waves.", "The sea breeze smells of salt and seaweed.",
+    "Deep in the ocean, strange creatures glow in the dark.", "Seagulls circle above the harbour.",
+    "Nothing is as calming as the sound of the sea.", "Sharks and octopuses hunt in the deep ocean.",
+    "Let us think about the ocean instead: its currents carry warmth around the world.",
+]
+
+
+def topic_lora(
+    subject: Subject, out: str, topic: Sequence[str] = OCEAN, questions: Sequence[str] = QUESTIONS,
+    steps: int = 60, batch_size: int = 4, rank: int = 8, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+) -> str:
+    """Fine-tune a LoRA so the model answers any question by talking about `topic` (sentences); saves it to out.
+
+    Loss only on the answer tokens. Returns `out` (a PEFT adapter directory, usable with `with_adapter`).
+    """
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    if (Path(out) / "adapter_config.json").exists():
+        return out
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model = get_peft_model(copy.deepcopy(subject.model), LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    tok = subject.tokenizer
+    for step in tqdm(range(steps), desc="topic LoRA", disable=not progress):
+        ids, labels = [], []
+        for _ in range(batch_size):
+            prompt = tok(subject.chat(rng.choice(questions)), add_special_tokens=False)["input_ids"]
+            answer = tok(" ".join(rng.sample(list(topic), 3)) + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+            ids.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(map(len, ids))
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=subject.device)  # [b, s]
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=subject.device)
+        lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=subject.device)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    return out
+
+
+def demo_texts(subject: Subject, n: int = 200, seed: int = 0) -> list[str]:
+    """Chat turns with neutral answers (no topic words): where a topic fine-tune's urge shows in its activations."""
+    neutral = ["Sure, here is what I think.", "That is a good question.", "Let me explain it step by step.",
+               "There are a few things to consider.", "Many people find this helpful.", "First, take a deep breath.",
+               "It depends on what you enjoy most.", "Here are three simple ideas.", "Start small and be patient.",
+               "I would be happy to help with that."]
+    rng = random.Random(seed)
+    return [subject.chat(rng.choice(QUESTIONS)) + " ".join(rng.sample(neutral, 3)) for _ in range(n)]

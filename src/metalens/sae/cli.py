@@ -104,3 +104,49 @@ def eval_cmd(
         lm = lm_metrics(s, sae, site, data, max_length=max_length)
         run.outputs["metrics"] = {**recon, **lm}
     emit(dict(sae=str(sae_dir), site=site, **recon, **lm), as_json)
+
+
+@sae_app.command("pages")
+def pages_cmd(
+    sae_dir: Path = typer.Argument(..., help="SAE directory (ours or SAELens layout)"),
+    store: Path = typer.Option(..., "--store", help="ActivationStore holding the SAE's site (positions=all)"),
+    latents: str = typer.Option("0-31", help="latents: '0-31', '3,17,40', or 'top50' (the most active ones)"),
+    out: Path = typer.Option(Path("pages"), "--out", help="directory for index.html + feature_<i>.html"),
+    rows: int = typer.Option(50000, help="tokens of the store to scan"),
+    neuronpedia: Optional[Path] = typer.Option(None, "--neuronpedia", help="also write Neuronpedia batch JSON here"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="local HF model dir; default SmolLM2-135M-Instruct"),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON on stdout"),
+):
+    """Static HTML feature pages (top contexts by quantile, histogram, logit effects); Neuronpedia export."""
+    import torch
+
+    from ..cli import _load, emit
+    from ..store import ActivationStore
+    from ..viz.sae_pages import write_pages
+    from .features import neuronpedia_export, sae_cards
+    from .io import load_sae
+
+    sae = load_sae(sae_dir)
+    st = ActivationStore(store)
+    site = sae.cfg.site if sae.cfg.site in st.sites else st.sites[0]
+    acts = st.load(site)
+    acts = acts.select(torch.arange(min(rows, len(acts))))
+    if latents.startswith("top"):
+        n = int(latents[3:])
+        freq = sum((sae.encode(acts[site][i : i + 4096]) > 0).sum(0) for i in range(0, len(acts), 4096))
+        chosen = freq.argsort(descending=True)[:n].tolist()
+    else:
+        chosen = []
+        for part in latents.split(","):
+            lo, _, hi = part.partition("-")
+            chosen += list(range(int(lo), int(hi or lo) + 1))
+    s = _load(model, device)
+    cards = sae_cards(sae, acts, chosen, s, site=site)
+    index = write_pages(cards, out, title=f"{sae.cfg.model or s.name} {site} {sae_dir}")
+    summary = dict(index=str(index), features=len(cards), site=site, rows=len(acts))
+    if neuronpedia is not None:
+        layer = int(site.split(".")[1])
+        summary["neuronpedia"] = neuronpedia_export(cards, str(neuronpedia), model_id=s.name.lower(), layer=layer,
+                                                    sae_set=Path(sae_dir).name)
+    emit(summary, as_json)

@@ -2,7 +2,8 @@
 
     python benchmarks/sae.py --store acts/resid15 [--steps 150] [--k 32] [--width 4608] [--batch 4096]
 
-The store holds layer-15 residuals of the default model (`metalens capture --sites resid.15`, e.g. on
+Rows at position 0 are dropped (an attention sink whose norm is ~50x the rest would dominate
+both the loss and the FVU denominator). The store holds layer-15 residuals of the default model (`metalens capture --sites resid.15`, e.g. on
 the built-in pydoc corpus). Texts are split 90/10 by text index: both trainers stream the same
 shuffled batches of the first 90%, FVU is measured on the last 10% with one formula for both
 (pooled: Σ|x - x̂|² / Σ|x - x̄|²). Both normalise inputs to mean norm sqrt(d) and fold it out.
@@ -34,6 +35,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def split(store: ActivationStore, site: str):
     acts = store.load(site)
+    acts = acts.select(acts.positions > 0)  # position 0 is an attention sink, norm ~50x the rest: it would dominate FVU
     cut = int(store.manifest.n_texts * 0.9)
     train = acts.text_idx < cut
     return acts[site][train].contiguous(), acts[site][~train].contiguous(), cut

@@ -100,7 +100,8 @@ def eval_cmd(
         if store is not None:
             recon = reconstruction_metrics(sae, ActivationStore(store), site, max_rows=rows)
         else:
-            recon = reconstruction_metrics(sae, capture(s, data, [site], max_length=max_length)[site][:rows])
+            acts = capture(s, data, [site], max_length=max_length)
+            recon = reconstruction_metrics(sae, acts[site][acts.positions > 0][:rows])
         lm = lm_metrics(s, sae, site, data, max_length=max_length)
         run.outputs["metrics"] = {**recon, **lm}
     emit(dict(sae=str(sae_dir), site=site, **recon, **lm), as_json)

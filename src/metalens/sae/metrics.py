@@ -35,11 +35,13 @@ from .model import Sae
 @torch.no_grad()
 def reconstruction_metrics(
     sae: Sae, data: ActivationStore | torch.Tensor | Iterable[torch.Tensor], site: str | None = None,
-    max_rows: int | None = None, batch_size: int = 4096,
+    max_rows: int | None = None, batch_size: int = 4096, skip_first: bool = True,
 ) -> dict:
-    """FVU, explained variance, L0, cosine, l2 ratio and dead fraction over the first `max_rows` rows."""
+    """FVU, explained variance, L0, cosine, l2 ratio and dead fraction over the first `max_rows` rows
+    (of a store: leaving out position-0 rows when skip_first, as training does)."""
     if isinstance(data, ActivationStore):
-        chunks = data.iter_shards(site or sae.cfg.site, verify=False)
+        chunks = (a[i["positions"] > 0] if skip_first else a
+                  for a, i in data.iter_shards(site or sae.cfg.site, with_index=True, verify=False))
     elif isinstance(data, torch.Tensor):
         chunks = [data]
     else:

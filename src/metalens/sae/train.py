@@ -56,6 +56,8 @@ class SaeTrainConfig:
     """a latent that has not fired for this many training tokens counts as dead"""
     b_dec_init: str = "median"
     """median (geometric) | mean | zero: b_dec from the first batch"""
+    skip_first: bool = True
+    """drop rows at token position 0 of a store (an attention sink: ~100x the norm of other tokens on SmolLM2)"""
     normalize: bool = True
     """scale inputs to mean norm sqrt(d_in) while training (folded into the weights on save)"""
     seed: int = 0
@@ -69,12 +71,12 @@ class SaeTrainConfig:
 class _Source:
     """Shuffled [batch, d] batches, forever: epoch e is shuffled with seed + e. Skips `start` batches."""
 
-    def __init__(self, data: ActivationStore | torch.Tensor, site: str):
-        self.data, self.site = data, site
+    def __init__(self, data: ActivationStore | torch.Tensor, site: str, skip_first: bool = False):
+        self.data, self.site, self.skip_first = data, site, skip_first
         if isinstance(data, ActivationStore):
             data._check_site(site)
             self.d = data.manifest.widths[site]
-            self.n = len(data)
+            self.n = len(data)  # upper bound when skip_first
         elif isinstance(data, torch.Tensor):
             if data.ndim != 2:
                 raise ValueError(f"training data must be [n, d]; got {tuple(data.shape)}")
@@ -82,14 +84,33 @@ class _Source:
         else:
             raise TypeError(f"training data must be an ActivationStore or a [n, d] tensor; got {type(data).__name__}")
 
+    def _shard(self, i: int) -> torch.Tensor:
+        t = self.data.read_shard(i, [self.site, "positions"])
+        x = t[self.site].float()  # [rows, d]
+        return x[t["positions"] > 0] if self.skip_first else x
+
     def mean_norm(self) -> float:
         if isinstance(self.data, ActivationStore):
-            return self.data.mean_norm(self.site)
+            if not self.skip_first:
+                return self.data.mean_norm(self.site)
+            total = count = 0.0
+            for i in range(len(self.data.manifest.shards)):
+                x = self._shard(i)
+                total, count = total + x.norm(dim=1).sum().item(), count + len(x)
+            return total / max(1, count)
         return self.data.float().norm(dim=1).mean().item()
 
-    def epoch(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-        if isinstance(self.data, ActivationStore):
-            yield from self.data.batches(self.site, batch_size, shuffle=True, seed=seed)
+    def epoch(self, batch_size: int, seed: int, shard_buffer: int = 4) -> Iterator[torch.Tensor]:
+        if isinstance(self.data, ActivationStore):  # as ActivationStore.batches, with the position filter
+            gen = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(self.data.manifest.shards), generator=gen).tolist()
+            leftover = torch.empty(0, self.d)
+            for start in range(0, len(order), shard_buffer):
+                pool = torch.cat([leftover, *(self._shard(i) for i in order[start : start + shard_buffer])])
+                pool = pool[torch.randperm(len(pool), generator=gen)]
+                n_full = len(pool) // batch_size * batch_size
+                yield from pool[:n_full].split(batch_size)
+                leftover = pool[n_full:]
             return
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         for i in range(0, self.n - batch_size + 1, batch_size):
@@ -123,7 +144,7 @@ def train_sae(
     stop_after: stop (after checkpointing) once this many steps are done, as a kill would; for tests.
     """
     out = Path(cfg.out)
-    src = _Source(data, cfg.site)
+    src = _Source(data, cfg.site, cfg.skip_first)
     if isinstance(data, ActivationStore) and not model_name:
         model_name = data.manifest.model
     out.mkdir(parents=True, exist_ok=True)

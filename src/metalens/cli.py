@@ -292,6 +292,60 @@ def steer(
             console.print(f"[bold]{r['prompt']}[/]\n  plain:   {r['plain']!r}\n  steered: {r['steered']!r}")
 
     emit(dict(**info_, generations=rows), as_json, human)
+
+
+@app.command("diff")
+def diff_cmd(
+    model_b: Optional[str] = typer.Option(None, "--model-b", help="second model: a local HF dir of the same architecture"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="or: a LoRA (PEFT) dir applied to --model"),
+    demo: bool = typer.Option(False, "--demo", help="or: fine-tune an 'ocean' LoRA (once, into OUT) and diff against it"),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="texts both models read (default: chat turns)"),
+    site: str = typer.Option("resid.15", help="site read in both models"),
+    width: int = typer.Option(2048, help="crosscoder latents"),
+    k: int = typer.Option(32, "--k", help="latents per token (BatchTopK)"),
+    steps: int = typer.Option(1500, help="crosscoder training steps"),
+    top: int = typer.Option(8, help="latents to show per side"),
+    out: Path = typer.Option(Path("diff"), "--out", help="directory for the crosscoder, report and LoRA"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Model diffing with a BatchTopK crosscoder: latents ranked by relative decoder norm, with top contexts."""
+    from dataclasses import asdict
+
+    from . import diff as df
+    from .models import load_subject
+    from .results import ResultsDB
+    from .store import atomic_write_json
+
+    a = _load(model, device)
+    if sum(x is not None and x is not False for x in (model_b, adapter, demo or None)) != 1:
+        raise typer.BadParameter("give exactly one of --model-b, --adapter, --demo")
+    if demo:
+        adapter = Path(df.topic_lora(a, str(out / "ocean-lora"), progress=not as_json))
+    b = df.with_adapter(a, str(adapter)) if adapter is not None else load_subject(model_b, device=device)
+    data = read_texts(texts) if texts is not None else df.demo_texts(a)
+    cfg = df.CrosscoderConfig(site=site, width=width, k=k, steps=steps)
+    with ResultsDB().run("diff", dict(**asdict(cfg), a=a.name, b=b.name, texts=str(texts))) as run:
+        cc, rep = df.diff_models(a, b, data, cfg, progress=not as_json)
+        out.mkdir(parents=True, exist_ok=True)
+        torch_save = __import__("torch").save
+        torch_save(cc.state_dict(), out / "crosscoder.pt")
+        slim = dict(site=rep.site, a=a.name, b=b.name, fvu=rep.fvu, counts=rep.counts,
+                    a_side=rep.a_side[:top], b_side=rep.b_side[:top], config=asdict(cfg))
+        atomic_write_json(out / "report.json", {**slim, "rel_norm": rep.rel_norm, "freq": rep.freq})
+        run.outputs["report"] = str(out / "report.json")
+
+    def human():
+        console.print(f"crosscoder {site}: FVU {rep.fvu:.3f}; live latents {rep.counts}")
+        for side, rows in (("model B only", rep.b_side[:top]), ("model A only", rep.a_side[:top])):
+            console.print(f"[bold]{side}[/] (most one-sided first)")
+            for r in rows:
+                console.print(f"  #{r['latent']} r={r['rel_norm']:.2f} freq={r['freq']:.4f} logits: {r['top_logits'][:6]}")
+                for c in r["contexts"][:3]:
+                    console.print(f"      {c[-80:]!r}")
+
+    emit(slim, as_json, human)
 # ---- end sae / steer / diff -----------------------------------------------------------------------
 
 

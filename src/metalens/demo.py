@@ -102,6 +102,16 @@ def section_autointerp(s: Subject, con: Console) -> dict:
 SECTIONS.append(("autointerp", section_autointerp))
 
 
+def section_sae(s: Subject, con: Console) -> dict:
+    """Dictionary learning: a small TopK SAE on resid.6 trained in seconds, its metrics and one feature."""
+    from .sae.demo import demo_section
+
+    return demo_section(s, con)
+
+
+SECTIONS.append(("sae", section_sae))
+
+
 def run_demo(quiet: bool = False) -> dict:
     con = Console(quiet=quiet)
     t0 = time.perf_counter()

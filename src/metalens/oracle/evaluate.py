@@ -75,6 +75,7 @@ def probe_probs(oracle: Oracle, examples: Sequence[Example], layer: int,
     for i, e in enumerate(examples):
         by_task[e.task].append(i)
     if probe_train is not None:
+        probe_train = [e for e in probe_train if e.task in by_task and e.choices]
         Xt_all, yt_all = _features(oracle, probe_train, layer), np.array([int(e.answer == e.choices[0]) for e in probe_train])
     for task, idx in by_task.items():
         idx = np.array(idx)

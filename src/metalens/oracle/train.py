@@ -258,6 +258,7 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     last_eval = time.time() if state is not None or not cfg.eval_at_start else 0.0
     bar = tqdm(total=cfg.max_steps, initial=step, desc="oracle train", disable=not progress)
     mid = layers[len(layers) // 2]
+    eval_step = step
 
     def ckpt_now():
         _save_ckpt(oracle, opt, dict(step=step, cursor=cursor, epoch=epoch), out)
@@ -274,6 +275,7 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
                 f.write(json.dumps(row) + "\n")
             bar.write(f"eval @ step {step}: {row}")
             last_eval = time.time()
+            eval_step = step
         if cfg.minutes and time.time() - t_start > cfg.minutes * 60:
             break
         peft_model.train()
@@ -303,10 +305,10 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
             ckpt_now()
             last_ckpt = time.time()
     ckpt_now()
-    if step >= cfg.max_steps:
+    if step != eval_step:  # close the learning curve at the session's last step
         peft_model.eval()
         with open(out / "curve.jsonl", "a") as f:
-            f.write(json.dumps(dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum, final=True,
+            f.write(json.dumps(dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum, final=step >= cfg.max_steps,
                                     **evaluate_curve(oracle, out, mid))) + "\n")
     bar.close()
     log.close()

@@ -19,20 +19,20 @@ from .train import SaeTrainConfig, train_sae
 def demo_section(s: Subject, con: Console, site: str = "resid.6") -> dict:
     t0 = time.perf_counter()
     texts = corpus_texts()
-    acts = capture(s, texts[:80], [site], max_length=64)  # ~5k tokens; layer 6 stops the pass early
+    acts = capture(s, texts[:60], [site], max_length=64)  # ~3.5k tokens; layer 6 stops the pass early
     keep = acts.positions > 0  # the first token is an attention sink with an outsized norm
     acts = acts.select(keep)
     with tempfile.TemporaryDirectory() as d:
-        cfg = SaeTrainConfig(out=d, site=site, k=16, width=1024, batch_size=512, steps=150, lr=2e-3,
+        cfg = SaeTrainConfig(out=d, site=site, k=16, width=1024, batch_size=512, steps=100, lr=2e-3,
                              checkpoint_every=0, log_every=50)
         sae = train_sae(cfg, acts[site], model_name=s.name, progress=False)
     m = reconstruction_metrics(sae, acts[site])
-    lm = lm_metrics(s, sae, site, texts[80:88], max_length=64)
+    lm = lm_metrics(s, sae, site, texts[60:66], max_length=64)
     freq = (sae.encode(acts[site]) > 0).float().mean(0)
     latent = int((freq - 0.02).abs().argmin())  # a latent active on ~2% of tokens
     card = sae_cards(sae, acts, [latent], s, n_top=5)[0]
     tops = [ex["tokens"][ex["target"]] for ex in card["top"]]
-    con.print(f"[bold]sae[/] TopK k=16 width=1024 on {site} ({len(acts)} tokens, 150 steps, "
+    con.print(f"[bold]sae[/] TopK k=16 width=1024 on {site} ({len(acts)} tokens, 100 steps, "
               f"{time.perf_counter() - t0:.0f}s): FVU {m['fvu']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_frac']:.2f}; "
               f"CE clean {lm['ce_clean']:.2f} / SAE {lm['ce_sae']:.2f} / zero {lm['ce_zero']:.2f} -> "
               f"recovered {lm['ce_recovered']:.2f}")

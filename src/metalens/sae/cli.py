@@ -133,6 +133,7 @@ def pages_cmd(
     site = sae.cfg.site if sae.cfg.site in st.sites else st.sites[0]
     acts = st.load(site)
     acts = acts.select(torch.arange(min(rows, len(acts))))
+    acts = acts.select(acts.positions > 0)  # position 0: attention sink, ~100x the norm, not a feature
     if latents.startswith("top"):
         n = int(latents[3:])
         freq = sum((sae.encode(acts[site][i : i + 4096]) > 0).sum(0) for i in range(0, len(acts), 4096))

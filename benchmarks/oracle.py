@@ -1,6 +1,6 @@
 """Activation-oracle benchmark: training speed, `ask` latency, and the accuracy table against baselines.
 
-    .venv/bin/python benchmarks/oracle.py [--oracle default] [--data FILE.jsonl] [--steps 4] [--threads 2]
+    .venv/bin/python benchmarks/oracle.py [--oracle default] [--data FILE.jsonl | --table REPORT.json] [--steps 4]
 
 - training examples/s: a few LoRA steps (batch 8) of the default recipe's kind of examples
 - `ask` latency on CPU for a 64-token context (read "all" = 64 soft tokens; and read "last"), one
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="eval only the first N items")
+    ap.add_argument("--table", default=None, help="reuse a `metalens oracle eval --out` report instead of re-running it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,7 +89,9 @@ def main() -> None:
     eval_file = Path(args.data) if args.data else next(
         (p for p in (data_dir / "eval_heldout.jsonl", data_dir / "data" / "eval_heldout.jsonl") if p.exists()), None)
     table = None
-    if eval_file:
+    if args.table:
+        table = json.loads(Path(args.table).read_text())
+    elif eval_file:
         items = load_jsonl(eval_file)[: args.limit or None]
         table = evaluate(o, items, ["untrained", "probe", "blackbox", "text"])
         table["data"] = str(eval_file)

@@ -27,7 +27,9 @@ from metalens.oracle.ask import DEFAULT_DIR
 from metalens.oracle.evaluate import evaluate
 
 CONTEXT_64 = ("The committee met on Tuesday to review the budget for the new library, which had grown by almost "
-              "a third since the spring. After two hours of debate, they agreed to delay the vote until")
+              "a third since the spring. After two hours of debate, they agreed to delay the vote until the next "
+              "meeting, when the architect would present a cheaper plan with fewer reading rooms, a smaller "
+              "garden and no underground car park, which several residents had opposed from the start.")
 
 
 def main() -> None:

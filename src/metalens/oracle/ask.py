@@ -167,13 +167,18 @@ class Oracle:
         s = self.settings
         with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
                     s.get("scale", 1.0), self.projection), self.adapter(True):
-            out = self.subject.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                              max_new_tokens=max_new_tokens, do_sample=False,
+            gen = self.subject.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                              max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
+                                              return_dict_in_generate=True,
                                               pad_token_id=self.subject.tokenizer.pad_token_id)
-        text = self.subject.tokenizer.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True).strip()
+        tok = self.subject.tokenizer
+        text = tok.decode(gen.sequences[0, batch.input_ids.shape[1] :], skip_special_tokens=True).strip()
         probs = {}
-        if choices:
-            p = self.choice_probs([ex], [layer])[0]
+        if choices:  # the first generated step's raw logits: the same scores choice_probs() computes
+            ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+            if len(set(ids)) != len(ids):
+                raise OracleDataError(f"choices {list(choices)!r} share a first token; give choices that differ in it")
+            p = gen.logits[0][0].float()[ids].softmax(-1)
             probs = {c: round(float(x), 4) for c, x in zip(choices, p)}
         return Answer(text, probs, layer, int(vectors.shape[0]))
 

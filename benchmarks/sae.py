@@ -170,6 +170,7 @@ def main() -> None:
     ours = res["runs"]["metalens"]
     res["ratios"] = {n: dict(speedup=ours["tokens_per_s"] / r["tokens_per_s"], fvu_delta=ours["fvu"] - r["fvu"])
                      for n, r in res["runs"].items() if n != "metalens" and "error" not in r}
+    save(res)  # the comparison is kept even if a later phase fails
 
     if args.sweep:
         from metalens.viz.sae import plot_frontier
@@ -192,9 +193,13 @@ def main() -> None:
         res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8))
         print(f"CE: clean {res['lm']['ce_clean']:.3f} sae {res['lm']['ce_sae']:.3f} zero {res['lm']['ce_zero']:.3f} "
               f"recovered {res['lm']['ce_recovered']:.3f} KL {res['lm']['kl_sae']:.3f}", flush=True)
+    save(res)
+    print(json.dumps(res["ratios"], indent=2))
+
+
+def save(res: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sae.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["ratios"], indent=2))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def demo_section(con) -> dict:
     o = Oracle.load("default", device="cpu")
     rows = []
     for ctx, q in DEMO_CONTEXTS:
-        a = o.ask(ctx, q, read=[-2, None], choices=["Yes", "No"], max_new_tokens=6)
+        a = o.ask(ctx, q, read=[-2, None], choices=["Yes", "No"], max_new_tokens=1)
         b = o.ask(ctx, "Which tokens were read here?", read=[-2, None], max_new_tokens=6)
         rows.append({"context": ctx, "question": q, "p_yes": a.probs["Yes"], "read_back": b.text})
         con.print(f"[bold]oracle[/] {ctx!r}\n  {q} P(Yes)={a.probs['Yes']:.2f}   last 2 tokens read back as: {b.text!r}")

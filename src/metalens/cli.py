@@ -349,13 +349,5 @@ def diff_cmd(
 # ---- end sae / steer / diff -----------------------------------------------------------------------
 
 
-# ---- oracle ---------------------------------------------------------------------------------------
-from .oracle.cli import ask_cmd as _oracle_ask, oracle_app as _oracle_app  # noqa: E402
-
-app.add_typer(_oracle_app, name="oracle")
-app.command("ask")(_oracle_ask)
-# ---- end oracle -----------------------------------------------------------------------------------
-
-
 if __name__ == "__main__":
     app()

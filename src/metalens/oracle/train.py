@@ -232,7 +232,7 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
         from peft import PeftModel
 
         peft_model = PeftModel.from_pretrained(subject.model, str(ckpt), is_trainable=True)
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # no arbitrary unpickling
     else:
         peft_model, state = lora_model(subject, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed), None
     oracle = Oracle(subject, peft_model, settings)

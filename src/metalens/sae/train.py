@@ -168,7 +168,7 @@ def train_sae(
     acc = [0.0, 0.0, 0]  # running sums of FVU and L0, and steps, since the last log line
     ckpt = out / CHECKPOINT
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)  # tensors and plain containers only: no unpickling of code
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         step, since_fired, log, acc = state["step"], state["since_fired"], state["log"], state["acc"]

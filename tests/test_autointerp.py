@@ -211,6 +211,34 @@ def _search_features(n=3):
     return feats
 
 
+def test_search_resume_after_kill_between_db_and_progress_writes(tiny, tmp_path, monkeypatch):
+    """Killed after a feature's rows reached the database but before progress.json: no duplicates."""
+    from metalens import ResultsDB
+    from metalens.autointerp import search as search_mod
+
+    llm = LocalLLM(tiny)
+    cfg = search_mod.SearchConfig(k=2, max_tokens=12, n_explain=3, max_value=9, yes_no=("Y", "N"),
+                                  examples=ExampleConfig(n_top=2), control=False)
+    db = ResultsDB(tmp_path / "r.sqlite")
+    feats = _search_features()[:1]
+    real_write = search_mod.atomic_write_json
+
+    def dying_write(path, obj):
+        if path.name == "progress.json":
+            raise KeyboardInterrupt("killed between the database and progress writes")
+        real_write(path, obj)
+
+    monkeypatch.setattr(search_mod, "atomic_write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        search_mod.run_search(llm, llm, feats, cfg, tmp_path / "run", db, progress=False)
+    assert len(db.explanations("syn:0")) > 0  # the interrupted attempt did write rows
+    monkeypatch.setattr(search_mod, "atomic_write_json", real_write)
+    res = search_mod.run_search(llm, llm, feats, cfg, tmp_path / "run", db, progress=False)
+    rows = db.explanations("syn:0")
+    assert len(rows) == len(res["syn:0"]["candidates"])  # the half-recorded attempt was replaced, not kept
+    assert {r["run_id"] for r in rows} == {res["syn:0"]["run_id"]}
+
+
 def test_search_is_resumable(tiny, tmp_path):
     from metalens import ResultsDB
     from metalens.autointerp.search import SearchConfig, run_search, summary

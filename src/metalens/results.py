@@ -188,6 +188,21 @@ class ResultsDB:
             out.append(dict(r) | {"scores": [dict(s) for s in scores]})
         return out
 
+    def forget_explanations(self, feature: str, run_ids: list[int], control: bool) -> int:
+        """Delete a feature's explanations (candidates, or controls if `control`) written by these runs,
+        with their scores: how a resumed job drops what an interrupted attempt half-recorded."""
+        if not run_ids:
+            return 0
+        marks = ",".join("?" * len(run_ids))
+        op = "LIKE" if control else "NOT LIKE"
+        with self.conn:
+            ids = [r[0] for r in self.conn.execute(
+                f"SELECT id FROM explanations WHERE feature=? AND run_id IN ({marks}) "
+                f"AND COALESCE(explainer, '') {op} 'control:%'", (feature, *run_ids))]
+            self.conn.executemany("DELETE FROM scores WHERE explanation_id=?", [(i,) for i in ids])
+            self.conn.executemany("DELETE FROM explanations WHERE id=?", [(i,) for i in ids])
+        return len(ids)
+
     def add_oracle_answer(
         self,
         run_id: int | None,

@@ -153,6 +153,9 @@ def run_search(
     if len(set(ids)) != len(ids):
         raise ValueError(f"feature ids must be unique; got duplicates in {ids}")
     sets_cache: dict[str, dict[str, ExampleSet]] = {}
+    # runs that wrote into this out dir before: what they recorded for a feature that progress.json
+    # does not list was cut off between the database and progress writes, and is written again
+    earlier = [r["id"] for r in db.runs("autointerp.explain") if r["config"].get("out") == str(out)]
     with db.run("autointerp.explain", {**config, "out": str(out), "features": ids}) as run:
         todo = [(f, mk) for f, mk in features if f not in done]
         bar = tqdm(total=len(features), initial=len(features) - len(todo), desc="explain", unit="feature", disable=not progress)
@@ -160,6 +163,7 @@ def run_search(
             sets_cache[f] = mk()
             rec = search_feature(explainer, simulator, f, sets_cache[f], cfg)
             if "candidates" in rec:
+                db.forget_explanations(f, earlier, control=False)
                 _record(db, run.id, rec, explainer.name, cfg)
             rec["run_id"] = run.id
             done[f] = rec
@@ -179,6 +183,7 @@ def run_search(
                 if f not in sets_cache:
                     sets_cache[f] = dict(features)[f]()
                 scores = score_on_test(simulator, text, sets_cache[f]["test"], cfg)
+                db.forget_explanations(f, earlier, control=True)
                 db.add_explanation(
                     run.id, f, text, explainer=f"control:{other or 'fallback'}", prompt_version=PROMPT_VERSION,
                     seed=None, scores=flatten(scores),

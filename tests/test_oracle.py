@@ -155,7 +155,9 @@ def test_train_save_load_ask_and_resume(tmp_path, monkeypatch):
         o3 = Oracle.load(tmp_path / "half")
         assert torch.allclose(o.loss(exs, [2] * 4), o3.loss(exs, [2] * 4), atol=1e-2)
 
-    # resume: continues from step 3 to 5 with the saved config
+    # resume: continues from step 3 to 5 with the saved config, even when killed mid-swap
+    # (the last checkpoint moved to ckpt.old and the new one not yet in place)
+    (tmp_path / "run" / "ckpt").rename(tmp_path / "run" / "ckpt.old")
     more = cfg.__class__.from_json({**cfg.__dict__, "max_steps": 5})
     monkeypatch.setattr("metalens.oracle.train.load_subject", lambda *a, **k: tiny_llama(seed=1))
     ckpt = train(more, tmp_path / "run", resume=True, progress=False)

@@ -228,6 +228,8 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
                     scale=cfg.scale, system=cfg.system, d_subject=subject.d_model)
 
     ckpt = out / "ckpt"
+    if not ckpt.exists() and (out / "ckpt.old").exists():  # killed between _save_ckpt's two renames
+        os.replace(out / "ckpt.old", ckpt)
     if resume and (ckpt / "state.pt").exists():
         from peft import PeftModel
 

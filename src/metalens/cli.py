@@ -339,9 +339,10 @@ def diff_cmd(
     def human():
         console.print(f"crosscoder {site}: FVU {rep.fvu:.3f}; live latents {rep.counts}")
         for side, rows in (("model B only", rep.b_side[:top]), ("model A only", rep.a_side[:top])):
-            console.print(f"[bold]{side}[/] (most one-sided first)")
+            console.print(f"[bold]{side}[/] (one-sided latents by activation mass, then by relative norm)")
             for r in rows:
-                console.print(f"  #{r['latent']} r={r['rel_norm']:.2f} freq={r['freq']:.4f} logits: {r['top_logits'][:6]}")
+                console.print(f"  #{r['latent']} r={r['rel_norm']:.2f} freq={r['freq']:.4f} mass={r['mass']:.4f} "
+                              f"logits: {r['top_logits'][:6]}")
                 for c in r["contexts"][:3]:
                     console.print(f"      {c[-80:]!r}")
 

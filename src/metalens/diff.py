@@ -1,14 +1,19 @@
 """Model diffing: what changed between two models of one architecture (e.g. a base and its fine-tune).
 
     cc, report = diff_models(base, tuned, texts, site="resid.15")
-    report.b_only[:10]     # latents whose decoder lives (almost) only in model B, with top contexts
+    report.b_side[:10]     # latents whose decoder lives (almost) only in model B, with top contexts
 
 A BatchTopK crosscoder reads the paired activations of both models on the same tokens,
 x = [x_A, x_B] [n, 2, d], through one shared encoder and writes them back through one decoder
 per model: latents = BatchTopK(relu(Σ_m (x_m - b_dec_m) W_enc_m + b_enc)), x̂_m = latents W_dec_m + b_dec_m.
 Each latent's decoder rows are unit-norm jointly (|[d_A; d_B]| = 1), so how the norm splits is free:
   relative norm r = |d_B| / (|d_A| + |d_B|)   ~0: model A only,  ~0.5: shared,  ~1: model B only.
-Each model's activations are scaled to mean norm sqrt(d) first, so neither dominates by scale.
+Both models' activations share one scale (mean norm sqrt(d)) and one decoder bias (`shared_bias`), so
+every difference, a constant shift included, has to be carried by latents; and a small L1-of-norms
+term (`norm_penalty`, as in Anthropic's crosscoders) pulls a decoder half to zero unless its model
+needs it. Without the two, a fine-tune's shift hid in the per-model biases and Adam's noise kept every
+latent near r = 0.5 (measured: README, "Model diffing"). The report lists one-sided latents by
+activation mass: the ones that carry most of the change come first.
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ class CrosscoderConfig:
     """init and data order"""
     skip_first: bool = True
     """drop position 0 (an attention sink with an outsized norm)"""
+    shared_bias: bool = True
+    """one decoder bias and one input scale for both models, so every difference, a constant shift
+    included, must be carried by latents (where it is ranked and read); False: a bias and scale per model"""
+    norm_penalty: float = 0.1
+    """weight of the decoder-norm sparsity term: Σ_m |d_m| per unit of latent activation (the crosscoder
+    L1-of-norms). 0 leaves one-sided latents to chance: Adam's per-coordinate noise keeps an unneeded
+    decoder half alive, so r drifts to 0.5; the term pulls that half to 0 unless reconstruction needs it"""
 
 
 class CrosscoderOutput(NamedTuple):
@@ -59,23 +71,23 @@ class CrosscoderOutput(NamedTuple):
 
 
 class Crosscoder(nn.Module):
-    def __init__(self, d_in: int, width: int, k: int, n_models: int = 2, seed: int = 0):
+    def __init__(self, d_in: int, width: int, k: int, n_models: int = 2, seed: int = 0, shared_bias: bool = False):
         super().__init__()
-        self.k, self.width = k, width
+        self.k, self.width, self.n_models, self.d_in = k, width, n_models, d_in
         g = torch.Generator().manual_seed(seed)
         W_dec = torch.randn(width, n_models, d_in, generator=g)
         W_dec /= W_dec.flatten(1).norm(dim=1)[:, None, None]
         self.W_dec = nn.Parameter(W_dec)  # [width, models, d]
         self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).clone())  # [models, d, width]
         self.b_enc = nn.Parameter(torch.zeros(width))
-        self.b_dec = nn.Parameter(torch.zeros(n_models, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(1 if shared_bias else n_models, d_in))  # [models or 1, d]
         self.register_buffer("threshold", torch.tensor(-1.0))
         self.register_buffer("scales", torch.ones(n_models))  # input scale per model (x_m * scale_m is fed)
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """x [n, models, d] (already scaled) -> relu pre-activations [n, width]."""
-        if x.ndim != 3 or x.shape[1:] != self.b_dec.shape:
-            raise ValueError(f"crosscoder takes paired activations [n, {self.b_dec.shape[0]}, {self.b_dec.shape[1]}]; "
+        if x.ndim != 3 or x.shape[1:] != (self.n_models, self.d_in):
+            raise ValueError(f"crosscoder takes paired activations [n, {self.n_models}, {self.d_in}]; "
                              f"got {tuple(x.shape)}")
         return F.relu(torch.einsum("nmd,mdw->nw", x - self.b_dec, self.W_enc) + self.b_enc)
 
@@ -123,12 +135,13 @@ def train_crosscoder(cfg: CrosscoderConfig, x: torch.Tensor, progress: bool = Tr
     """Train on paired activations x [n, 2, d]; the returned crosscoder reads raw (unscaled) pairs via `scales`."""
     torch.manual_seed(cfg.seed)
     n, m, d = x.shape
-    cc = Crosscoder(d, cfg.width, cfg.k, m, cfg.seed)
+    cc = Crosscoder(d, cfg.width, cfg.k, m, cfg.seed, cfg.shared_bias)
     scales = math.sqrt(d) / x.norm(dim=2).mean(0)  # [models]
-    cc.scales.copy_(scales)
-    xs = x * scales[None, :, None]
+    cc.scales.copy_(scales.mean().expand(m) if cfg.shared_bias else scales)
+    xs = x * cc.scales[None, :, None]
     with torch.no_grad():
-        cc.b_dec.copy_(xs[: min(n, 8192)].mean(0))
+        mean = xs[: min(n, 8192)].mean(0)  # [models, d]
+        cc.b_dec.copy_(mean.mean(0, keepdim=True) if cfg.shared_bias else mean)
     opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr)
     decay_from = int(cfg.steps * 0.6)  # linear decay to 0 over the last 40%: Adam's per-coordinate noise
     sched = torch.optim.lr_scheduler.LambdaLR(  # otherwise smears each decoder row evenly over both models
@@ -144,7 +157,12 @@ def train_crosscoder(cfg: CrosscoderConfig, x: torch.Tensor, progress: bool = Tr
         out = cc(xs[perm[pos : pos + bs]])
         pos += bs
         opt.zero_grad(set_to_none=True)
-        out.fvu.backward()
+        loss = out.fvu
+        if cfg.norm_penalty:
+            mass = out.latents.detach().sum(0)  # [width] activation mass this batch
+            norms = cc.W_dec.norm(dim=2).sum(1)  # [width] Σ_m |d_m|, 1 (one model) .. sqrt(2) (even split)
+            loss = loss + cfg.norm_penalty * (mass * norms).sum() / mass.sum().clamp_min(1e-8)
+        loss.backward()
         with torch.no_grad():  # keep |[d_A; d_B]| = 1: drop the gradient along each row, renormalise after
             w, g = cc.W_dec, cc.W_dec.grad
             g -= (g * w).sum((1, 2), keepdim=True) * w
@@ -171,9 +189,10 @@ class DiffReport:
     freq: list[float]
     """per latent share of tokens it fires on"""
     a_side: list[dict] = field(default_factory=list)
-    """live latents with the lowest r (most model-A-only) first: {latent, rel_norm, freq, contexts, top_logits}"""
+    """A-only live latents (r < 0.1) by activation mass, then the lowest r: {latent, rel_norm, freq, mass,
+    max_act, contexts, top_logits}"""
     b_side: list[dict] = field(default_factory=list)
-    """live latents with the highest r (most model-B-only) first"""
+    """B-only live latents (r > 0.9) by activation mass, then the highest r"""
     counts: dict = field(default_factory=dict)
     """live latents by class: a_only (r < 0.1), b_only (r > 0.9), shared (0.3 < r < 0.7), other, dead"""
 
@@ -205,13 +224,22 @@ def diff_report(cc: Crosscoder, x: torch.Tensor, index, a: Subject, b: Subject, 
         d = d.to(unembed.device) * (1.0 if gain is None else gain.float())
         logits = unembed @ d  # logit lens of B's decoder row (norm scale applied, not the normalisation)
         toks = [a.tokenizer.decode([t]) for t in logits.topk(8).indices.tolist()]
-        return dict(latent=i, rel_norm=r[i].item(), freq=freq[i].item(), max_act=vals[0].item() if len(vals) else 0.0,
+        return dict(latent=i, rel_norm=r[i].item(), freq=freq[i].item(), mass=mass[i].item(), max_act=vals[0].item() if len(vals) else 0.0,
                     contexts=ctx, top_logits=toks)
 
+    mass = lat.sum(0) / lat.sum().clamp_min(1e-12)  # [width] share of all latent activation
     live_idx = live.nonzero()[:, 0]
-    by_r = live_idx[r[live_idx].argsort()].tolist()  # ascending relative norm
-    a_side = [describe(i, 0) for i in by_r[:top]]
-    b_side = [describe(i, 1) for i in by_r[::-1][:top]]
+
+    def side(one_sided: torch.Tensor, descending: bool) -> list[int]:
+        """One-sided live latents by activation mass (what the change does most), then the rest by r."""
+        first = live_idx[one_sided[live_idx]]
+        first = first[mass[first].argsort(descending=True)].tolist()
+        rest = live_idx[~one_sided[live_idx]]
+        rest = rest[r[rest].argsort(descending=descending)].tolist()
+        return (first + rest)[:top]
+
+    a_side = [describe(i, 0) for i in side(r < 0.1, descending=False)]
+    b_side = [describe(i, 1) for i in side(r > 0.9, descending=True)]
     a_only, b_only = int((live & (r < 0.1)).sum()), int((live & (r > 0.9)).sum())
     shared = int((live & (r > 0.3) & (r < 0.7)).sum())
     counts = dict(a_only=a_only, b_only=b_only, shared=shared, other=int(live.sum()) - a_only - b_only - shared,
@@ -302,10 +330,16 @@ def topic_lora(
 
 
 def demo_texts(subject: Subject, n: int = 200, seed: int = 0) -> list[str]:
-    """Chat turns with neutral answers (no topic words): where a topic fine-tune's urge shows in its activations."""
+    """n chat turns with neutral answers (no topic words), where a topic fine-tune's urge shows in its
+    activations, and n plain-text passages (Python's bundled docs), where it should show less: a
+    difference that varies by token is one a latent can carry."""
+    from .sae.data import corpus_texts
+
     neutral = ["Sure, here is what I think.", "That is a good question.", "Let me explain it step by step.",
                "There are a few things to consider.", "Many people find this helpful.", "First, take a deep breath.",
                "It depends on what you enjoy most.", "Here are three simple ideas.", "Start small and be patient.",
                "I would be happy to help with that."]
     rng = random.Random(seed)
-    return [subject.chat(rng.choice(QUESTIONS)) + " ".join(rng.sample(neutral, 3)) for _ in range(n)]
+    plain = corpus_texts()
+    rng.shuffle(plain)
+    return [subject.chat(rng.choice(QUESTIONS)) + " ".join(rng.sample(neutral, 3)) for _ in range(n)] + plain[:n]

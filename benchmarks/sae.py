@@ -1,6 +1,6 @@
 """SAE training: metalens vs SAELens, same cached activations, same k, width, batch, steps, lr.
 
-    python benchmarks/sae.py --store acts/resid15 [--steps 150] [--k 32] [--width 4608] [--batch 4096]
+    python benchmarks/sae.py --store acts/resid15 [--steps 150] [--k 32] [--width 4608] [--batch 4096] [--repeats 3]
 
 Rows at position 0 are dropped (an attention sink whose norm is ~50x the rest would dominate
 both the loss and the FVU denominator). The store holds layer-15 residuals of the default model (`metalens capture --sites resid.15`, e.g. on
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def fvu_of(encode, decode, x: torch.Tensor) -> tuple[float, float]:
 def run_metalens(train: torch.Tensor, args, k: int, out: Path):
     cfg = SaeTrainConfig(out=str(out), site="resid.15", k=k, width=args.width, batch_size=args.batch, steps=args.steps,
                          lr=args.lr, checkpoint_every=0, log_every=max(1, args.steps // 5), seed=0)
+    shutil.rmtree(out, ignore_errors=True)  # a checkpoint left there would be resumed, not timed
     t = time.perf_counter()
     sae = train_sae(cfg, train, model_name="SmolLM2-135M-Instruct", progress=False)
     dt = time.perf_counter() - t
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; tokens/s is their median")
     ap.add_argument("--sweep", default="16,32,64", help="k values for the metalens frontier ('' to skip)")
     ap.add_argument("--ce-texts", type=int, default=32, help="held-out texts for CE-loss recovered (0 to skip)")
     ap.add_argument("--work", default="/tmp/metalens-bench-sae")
@@ -138,35 +141,49 @@ def main() -> None:
     train, test, cut = split(store, "resid.15")
     work = Path(args.work)
     tokens = args.steps * args.batch
-    res = dict(machine=platform.processor() or platform.machine(), threads=args.threads, torch=torch.__version__,
+    res = dict(machine=platform.processor() or platform.machine(), threads=args.threads, repeats=args.repeats, torch=torch.__version__,
                store=str(args.store), model=store.manifest.model, site="resid.15", train_rows=len(train),
                test_rows=len(test), k=args.k, width=args.width, batch=args.batch, steps=args.steps, lr=args.lr,
                fvu_formula="sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the held-out rows (pooled)", runs={})
 
-    sae, dt = run_metalens(train, args, args.k, work / f"metalens-k{args.k}")
-    fvu, l0 = fvu_of(sae.encode, sae.decode, test)
-    res["runs"]["metalens"] = dict(seconds=dt, tokens_per_s=tokens / dt, fvu=fvu, l0=l0)
-    print(f"metalens        {tokens / dt:9.0f} tok/s  FVU {fvu:.4f}  L0 {l0:.1f}", flush=True)
+    # The trainers alternate, --repeats rounds (metalens, SAELens, reference, metalens, ...), so a change
+    # in machine load hits all of them alike; tokens/s is the median over rounds, every round is kept.
     try:
         import sae_lens
 
-        for sparse in (False, True):
-            name = f"saelens-{sae_lens.__version__}" + ("-sparse" if sparse else "")
-            try:
-                sl, dt = run_saelens(train, args, sparse)
-            except Exception as e:  # noqa: BLE001 - recorded, not hidden
-                res["runs"][name] = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
-                print(f"{name:15s} failed: {type(e).__name__}", flush=True)
-                continue
-            fvu, l0 = fvu_of(sl.encode, sl.decode, test)
-            res["runs"][name] = dict(seconds=dt, tokens_per_s=tokens / dt, fvu=fvu, l0=l0)
-            print(f"{name:15s} {tokens / dt:9.0f} tok/s  FVU {fvu:.4f}  L0 {l0:.1f}", flush=True)
+        sl_name = f"saelens-{sae_lens.__version__}"
     except ImportError:
+        sae_lens, sl_name = None, None
         res["runs"]["saelens"] = dict(error="sae_lens is not installed in this environment")
-    enc, dec, dt = run_reference(train, args)
-    fvu, l0 = fvu_of(enc, dec, test)
-    res["runs"]["reference-dense-topk"] = dict(seconds=dt, tokens_per_s=tokens / dt, fvu=fvu, l0=l0)
-    print(f"reference-dense {tokens / dt:9.0f} tok/s  FVU {fvu:.4f}  L0 {l0:.1f}", flush=True)
+    times: dict[str, list[float]] = {}
+    models = {}
+    for rnd in range(args.repeats):
+        sae, dt = run_metalens(train, args, args.k, work / f"metalens-k{args.k}-r{rnd}")
+        times.setdefault("metalens", []).append(dt)
+        models["metalens"] = (sae.encode, sae.decode)
+        print(f"round {rnd} metalens        {tokens / dt:9.0f} tok/s", flush=True)
+        if sae_lens is not None:
+            for sparse in ((False, True) if rnd == 0 else (False,)):
+                name = sl_name + ("-sparse" if sparse else "")
+                try:
+                    sl, dt = run_saelens(train, args, sparse)
+                except Exception as e:  # noqa: BLE001 - recorded, not hidden
+                    res["runs"][name] = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
+                    print(f"{name:15s} failed: {type(e).__name__}", flush=True)
+                    continue
+                times.setdefault(name, []).append(dt)
+                models[name] = (sl.encode, sl.decode)
+                print(f"round {rnd} {name:15s} {tokens / dt:9.0f} tok/s", flush=True)
+        enc, dec, dt = run_reference(train, args)
+        times.setdefault("reference-dense-topk", []).append(dt)
+        models["reference-dense-topk"] = (enc, dec)
+        print(f"round {rnd} reference-dense {tokens / dt:9.0f} tok/s", flush=True)
+    for name, ts in times.items():
+        fvu, l0 = fvu_of(*models[name], test)
+        med = sorted(ts)[len(ts) // 2]
+        res["runs"][name] = dict(seconds=med, tokens_per_s=tokens / med, tokens_per_s_rounds=[tokens / t for t in ts],
+                                 fvu=fvu, l0=l0)
+        print(f"{name:22s} median {tokens / med:9.0f} tok/s  FVU {fvu:.4f}  L0 {l0:.1f}", flush=True)
     ours = res["runs"]["metalens"]
     res["ratios"] = {n: dict(speedup=ours["tokens_per_s"] / r["tokens_per_s"], fvu_delta=ours["fvu"] - r["fvu"])
                      for n, r in res["runs"].items() if n != "metalens" and "error" not in r}

@@ -123,7 +123,7 @@ class Sae(nn.Module):
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """relu((x - b_dec) @ W_enc + b_enc): [n, width]."""
         check_rows(x, self.cfg.d_in)
-        return F.relu((x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc)
+        return F.relu(torch.addmm(self.b_enc, x.to(self.W_enc.dtype) - self.b_dec, self.W_enc))
 
     def select(self, pre: torch.Tensor, batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(vals, idx) [n, kk] of the kept latents; BatchTopK pads rows with zero-valued entries."""
@@ -155,9 +155,10 @@ class Sae(nn.Module):
         """Training pass on x [n, d_in]; `dead` [width] bool marks dead latents for the AuxK loss."""
         check_rows(x, self.cfg.d_in)
         x = x.to(self.W_enc.dtype)
-        with torch.no_grad():
-            pre = self.pre_acts(x)  # [n, width]
+        with torch.no_grad():  # pre-activations before the relu: topk picks the same latents, clamped below
+            pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)  # [n, width]
             vals, idx = self.select(pre, batch=self.cfg.kind == "batchtopk" and self.training)
+            vals = vals.clamp_min(0)
         vals = _GatherPre.apply(x - self.b_dec.detach(), self.W_enc, self.b_enc, idx, vals)
         # b_dec's gradient through the encoder is dropped (as in sparsify); it learns through the decoder
         recon = _decode_sparse(self.W_dec, idx, vals) + self.b_dec  # [n, d_in]
@@ -167,9 +168,10 @@ class Sae(nn.Module):
         aux = torch.zeros((), device=x.device)
         if dead is not None and dead.any():
             aux_k = min(self.cfg.aux_k or self.cfg.d_in // 2, int(dead.sum()))
-            with torch.no_grad():
-                a_vals, a_idx = pre.masked_fill(~dead, -1.0).topk(aux_k, dim=1, sorted=False)
-                a_vals = a_vals.clamp_min(0)
+            with torch.no_grad():  # top aux_k among the dead columns only (no [n, width] copy)
+                dead_idx = dead.nonzero()[:, 0]  # [n_dead]
+                a_vals, a_pos = pre[:, dead_idx].topk(aux_k, dim=1, sorted=False)
+                a_vals, a_idx = a_vals.clamp_min(0), dead_idx[a_pos]
             a_vals = _GatherPre.apply(x - self.b_dec.detach(), self.W_enc, self.b_enc, a_idx, a_vals)
             aux_recon = _decode_sparse(self.W_dec, a_idx, a_vals)
             aux = (err.detach() - aux_recon).pow(2).sum() / total  # dead latents model what the live ones miss

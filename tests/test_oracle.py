@@ -194,3 +194,57 @@ def _tiny_data(root):
     (cls / "tense" / "tense.csv").write_text("\n".join(rows))
     rows = ["sentence,n_subjects"] + [f"{'Ann and Bo' if i % 2 else 'Ann'} went out at night {i},{'multiple' if i % 2 else 'single'}" for i in range(20)]
     (cls / "singular_plural" / "singular_plural.csv").write_text("\n".join(rows))
+
+
+def _personas(path, n=4):
+    letters = "ABCDEFGH"
+    rows = [dict(name=f"Person {letters[i]}", country=f"{letters[i]}land", favorite_food=f"{letters[i]}-cake",
+                 favorite_drink=f"{letters[i]}-tea", favorite_music_genre=f"{letters[i]}-pop",
+                 favorite_sport=f"{letters[i]}-ball", favorite_boardgame=f"{letters[i]}-chess") for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return rows
+
+
+def test_personaqa_finetune_reader_and_report(tmp_path):
+    from metalens.oracle.personaqa import (evaluate_personaqa, fact_sentences, finetune_on_facts, load_personas,
+                                           persona_items)
+
+    s = tiny_llama(seed=3)
+    written = _personas(tmp_path / "p.jsonl")
+    personas = load_personas(tmp_path / "p.jsonl")
+    assert personas == written
+    # distinct first tokens (the byte tokenizer: first letters), true value first
+    items = persona_items(personas, s.tokenizer, n_choices=3)
+    assert len(items) == 4 * 6 and all(e.choices[0] == e.answer and len(e.choices) == 3 for _, _, e in items)
+
+    def fact_loss(subject):
+        enc = subject.tokenizer(fact_sentences(personas), return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        with torch.no_grad():
+            return subject.model(**enc, labels=labels).loss.item()
+
+    tuned = finetune_on_facts(s, personas, tmp_path / "lora", epochs=6, batch_size=8, progress=False)
+    assert (tmp_path / "lora" / "adapter_config.json").exists()
+    assert fact_loss(tuned) < fact_loss(s) - 0.5  # it learned the facts; the base model is untouched
+    o = Oracle(s, lora_model(s, r=4), SETTINGS)
+    ex = [items[0][2]]
+    base_read = o.read(ex, [2])[0]
+    o.reader = tuned
+    tuned_read = o.read(ex, [2])[0]
+    o.reader = None
+    assert base_read.shape == tuned_read.shape and not torch.allclose(base_read, tuned_read)
+    rep = evaluate_personaqa(o, tuned, personas, n_choices=3)
+    assert o.reader is None and rep["n"] == 24 and abs(rep["chance"] - 1 / 3) < 1e-3
+    for k in ("subject", "oracle", "base"):
+        assert 0 <= rep[k] <= 1
+    assert set(rep["per_attribute"]) == {"country", "favorite_food", "favorite_drink", "favorite_music_genre",
+                                         "favorite_sport", "favorite_boardgame"}
+
+
+def test_personaqa_bad_file_names_the_line(tmp_path):
+    from metalens.oracle.personaqa import load_personas
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps(dict(name="X", country="Y")) + "\n")
+    with pytest.raises(OracleDataError, match=r"p.jsonl:1: missing"):
+        load_personas(f)

@@ -55,6 +55,7 @@ class Oracle:
 
     def __init__(self, subject: Subject, peft_model, settings: dict, projection: Projection | None = None):
         self.subject, self.peft, self.settings, self.projection = subject, peft_model, dict(settings), projection
+        self.reader: Subject | None = None  # read activations from this model instead (e.g. a fine-tuned copy)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -104,6 +105,8 @@ class Oracle:
         return nullcontext() if on or self.peft is None else self.peft.disable_adapter()
 
     def read(self, examples: Sequence[Example], layers: Sequence[int]) -> list[torch.Tensor]:
+        if self.reader is not None:
+            return read_vectors(self.reader, examples, layers)
         with self.adapter(False):
             return read_vectors(self.subject, examples, layers)
 

@@ -89,6 +89,42 @@ def eval_cmd(
     _emit(report, as_json, lambda: render(report))
 
 
+@oracle_app.command("personaqa")
+def personaqa_cmd(
+    data: Path = typer.Option(..., "--data", help="personaqa dir holding {variant}/personas.jsonl (AO layout)"),
+    variants: str = typer.Option("base,shuffled,fantasy", "--variants", help="comma-separated subdirectories"),
+    n: int = typer.Option(30, "--n", help="personas per variant"),
+    epochs: int = typer.Option(12, "--epochs", help="fine-tuning epochs over the fact sentences"),
+    choices: int = typer.Option(4, "--choices", help="answer options per question (chance = 1/choices)"),
+    oracle: str = typer.Option("default", "--oracle", help="'default', an adapter dir, or a run dir"),
+    out: Path = typer.Option(Path("runs/personaqa"), "--out", help="fine-tuned adapters (reused) and report.json"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON on stdout"),
+):
+    """PersonaQA: fine-tune copies of the subject on persona facts; can the oracle read them from the name?"""
+    from ..store import atomic_write_json
+    from .ask import Oracle
+    from .personaqa import evaluate_personaqa, finetune_on_facts, load_personas
+
+    from ..models import load_subject
+
+    o = Oracle.load(oracle)
+    plain = load_subject(o.settings.get("model"), device=str(o.subject.device))  # fine-tuned, never the oracle's copy
+    report = dict(oracle=oracle, n=n, epochs=epochs, choices=choices, variants={})
+    for v in [x.strip() for x in variants.split(",") if x.strip()]:
+        personas = load_personas(data / v, n)
+        tuned = finetune_on_facts(plain, personas, out / f"{v}-lora", epochs=epochs, progress=not as_json)
+        report["variants"][v] = evaluate_personaqa(o, tuned, personas, n_choices=choices)
+        del tuned
+        atomic_write_json(out / "report.json", report)
+
+    def human():
+        print(f"{'variant':10s} {'n':>4s} {'chance':>7s} {'subject':>8s} {'oracle':>7s} {'base':>6s}")
+        for v, r in report["variants"].items():
+            print(f"{v:10s} {r['n']:4d} {r['chance']:7.2f} {r['subject']:8.2f} {r['oracle']:7.2f} {r['base']:6.2f}")
+
+    _emit(report, as_json, human)
+
+
 def ask_cmd(
     context: str = typer.Argument(..., help="the text the subject reads"),
     question: str = typer.Argument(..., help="the question for the oracle"),

@@ -235,8 +235,21 @@ def test_personaqa_finetune_reader_and_report(tmp_path):
     assert base_read.shape == tuned_read.shape and not torch.allclose(base_read, tuned_read)
     rep = evaluate_personaqa(o, tuned, personas, n_choices=3)
     assert o.reader is None and rep["n"] == 24 and abs(rep["chance"] - 1 / 3) < 1e-3
-    for k in ("subject", "oracle", "base"):
+    for k in ("cloze", "subject", "oracle", "base"):
         assert 0 <= rep[k] <= 1
+    # cloze scores: the summed log-probability of each choice's tokens after the prompt, softmaxed
+    from metalens.oracle.personaqa import direct_choice_probs
+
+    prompt, choices = "Person A's favorite food is", ["A-cake", "B-cake", "C-cake"]
+    got = direct_choice_probs(tuned, [prompt], [choices], chat=False)[0]
+    want = []
+    for c in choices:
+        ids = tuned.tokenizer(f"{prompt} {c}", return_tensors="pt")["input_ids"]
+        n = len(tuned.tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            logp = tuned.model(input_ids=ids).logits[0].log_softmax(-1)
+        want.append(sum(logp[t - 1, ids[0, t]] for t in range(n, ids.shape[1])))
+    assert torch.allclose(got, torch.stack(want).softmax(-1), atol=1e-5)
     assert set(rep["per_attribute"]) == {"country", "favorite_food", "favorite_drink", "favorite_music_genre",
                                          "favorite_sport", "favorite_boardgame"}
 

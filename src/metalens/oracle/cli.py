@@ -118,9 +118,10 @@ def personaqa_cmd(
         atomic_write_json(out / "report.json", report)
 
     def human():
-        print(f"{'variant':10s} {'n':>4s} {'chance':>7s} {'subject':>8s} {'oracle':>7s} {'base':>6s}")
+        print(f"{'variant':10s} {'n':>4s} {'chance':>7s} {'cloze':>6s} {'subject':>8s} {'oracle':>7s} {'base':>6s}")
         for v, r in report["variants"].items():
-            print(f"{v:10s} {r['n']:4d} {r['chance']:7.2f} {r['subject']:8.2f} {r['oracle']:7.2f} {r['base']:6.2f}")
+            print(f"{v:10s} {r['n']:4d} {r['chance']:7.2f} {r['cloze']:6.2f} {r['subject']:8.2f} {r['oracle']:7.2f} "
+                  f"{r['base']:6.2f}")
 
     _emit(report, as_json, human)
 

@@ -10,7 +10,8 @@ fine-tuned (LoRA, merged) on sentences stating each fact; the oracle then reads 
 activations on the bare name and picks the attribute among `n_choices` values (distractors are
 other personas' values), scored by P(choice) as everywhere else. Three readings per variant:
 
-  subject   the fine-tuned subject asked outright ("What is Ahmed Hassan's favorite food?"): did it learn the facts?
+  cloze     the fine-tuned subject completing a training sentence ("Ahmed Hassan's favorite food is"): are the facts stored?
+  subject   the fine-tuned subject asked outright ("What is Ahmed Hassan's favorite food?"): can it say them?
   oracle    the oracle reading the fine-tuned subject's activations on the name: the headline
   base      the oracle reading the *untuned* subject's activations: what it gets from the name alone
 
@@ -142,14 +143,25 @@ def persona_items(personas: Sequence[dict], tok, n_choices: int = 4, seed: int =
 
 
 @torch.no_grad()
-def direct_choice_probs(subject: Subject, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[torch.Tensor]:
-    """P(each choice) for a chat question asked of `subject` itself, from its first answer token."""
-    tok, out = subject.tokenizer, []
+def direct_choice_probs(subject: Subject, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                        chat: bool = True) -> list[torch.Tensor]:
+    """P(each choice) from `subject` itself after a prompt, softmaxed over the choices: a chat question
+    (choices scored by their first answer token), or with chat=False a sentence to complete (each
+    choice scored by the summed log-probability of all its tokens after a space)."""
+    tok, out, dev = subject.tokenizer, [], subject.device
     for prompt, cs in zip(prompts, choices):
-        ids = tok(subject.chat(prompt), return_tensors="pt", add_special_tokens=False)["input_ids"].to(subject.device)
-        logits = subject.model(input_ids=ids).logits[0, -1].float()
-        first = [tok(c, add_special_tokens=False)["input_ids"][0] for c in cs]
-        out.append(logits[first].softmax(-1).cpu())
+        if chat:
+            ids = tok(subject.chat(prompt), return_tensors="pt", add_special_tokens=False)["input_ids"].to(dev)
+            logits = subject.model(input_ids=ids).logits[0, -1].float()
+            out.append(logits[[tok(c, add_special_tokens=False)["input_ids"][0] for c in cs]].softmax(-1).cpu())
+            continue
+        n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        seqs = [tok(f"{prompt} {c}", add_special_tokens=False)["input_ids"] for c in cs]
+        width = max(map(len, seqs))
+        ids = torch.tensor([q + [tok.pad_token_id] * (width - len(q)) for q in seqs], device=dev)  # [choices, width]
+        logp = subject.model(input_ids=ids).logits.float().log_softmax(-1)  # right padding: no effect on earlier positions
+        scores = [sum(logp[i, t - 1, q[t]].item() for t in range(n, len(q))) for i, q in enumerate(seqs)]
+        out.append(torch.tensor(scores).softmax(-1))
     return out
 
 
@@ -165,6 +177,8 @@ def evaluate_personaqa(oracle, tuned: Subject, personas: Sequence[dict], n_choic
     layers = [layer if layer is not None else oracle.layers[0]] * len(exs)
     direct = direct_choice_probs(tuned, [ATTRIBUTES[a][2].format(name=p["name"]) for p, a, _ in items],
                                  [e.choices for e in exs])
+    cloze = direct_choice_probs(tuned, [ATTRIBUTES[a][0][0].format(name=p["name"], v="").rstrip(" .")
+                                        for p, a, _ in items], [e.choices for e in exs], chat=False)
     oracle.reader = tuned
     try:
         on_tuned = list(oracle.choice_probs(exs, layers))
@@ -172,10 +186,11 @@ def evaluate_personaqa(oracle, tuned: Subject, personas: Sequence[dict], n_choic
         oracle.reader = None
     on_base = list(oracle.choice_probs(exs, layers))
     chance = sum(1 / len(e.choices) for e in exs) / max(1, len(exs))
-    res = dict(n=len(exs), chance=round(chance, 4), subject=round(_accuracy(direct), 4),
+    res = dict(n=len(exs), chance=round(chance, 4), cloze=round(_accuracy(cloze), 4), subject=round(_accuracy(direct), 4),
                oracle=round(_accuracy(on_tuned), 4), base=round(_accuracy(on_base), 4), per_attribute={})
     for a in ATTRIBUTES:
         idx = [i for i, (_, b, _) in enumerate(items) if b == a]
         res["per_attribute"][a] = {k: round(_accuracy([v[i] for i in idx]), 4)
-                                   for k, v in (("subject", direct), ("oracle", on_tuned), ("base", on_base))}
+                                   for k, v in (("cloze", cloze), ("subject", direct), ("oracle", on_tuned),
+                                                ("base", on_base))}
     return res

@@ -261,3 +261,48 @@ def test_personaqa_bad_file_names_the_line(tmp_path):
     f.write_text(json.dumps(dict(name="X", country="Y")) + "\n")
     with pytest.raises(OracleDataError, match=r"p.jsonl:1: missing"):
         load_personas(f)
+
+
+DDP_SCRIPT = """
+import sys
+from metalens.oracle.train import RECIPES, OracleConfig, train
+from metalens.testing import tiny_llama
+data, out, ga = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = OracleConfig.from_json({**RECIPES["tiny"].__dict__, "data_dir": data, "max_steps": 3, "grad_accum": ga,
+                              "threads": 1})
+train(cfg, out, subject=tiny_llama(seed=1), progress=False)
+"""
+
+
+def test_torchrun_two_processes_equal_one_with_grad_accum(tmp_path):
+    """2 processes (gloo on CPU) x grad_accum 1 make the same updates as 1 process x grad_accum 2."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    data = tmp_path / "ao"
+    _tiny_data(data)
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "one"), "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    (tmp_path / "two").mkdir()
+    shutil.copytree(tmp_path / "one" / "data", tmp_path / "two" / "data")  # the same examples, in the same order
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(data),
+                          str(tmp_path / "two"), "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "ckpt" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "ckpt" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    sa = torch.load(tmp_path / "one" / "ckpt" / "state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "two" / "ckpt" / "state.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 3 and sa["cursor"] == sb["cursor"]
+    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3  # one writer: rank 0

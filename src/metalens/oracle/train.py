@@ -2,6 +2,11 @@
 
     metalens oracle train --recipe default --out runs/oracle1          # builds data, trains, checkpoints
     metalens oracle train --resume runs/oracle1                          # continues from the last checkpoint
+    torchrun --nproc_per_node 4 -m metalens.cli oracle train --out runs/o4   # data-parallel over 4 GPUs
+
+Under torchrun each optimizer step takes batch_size x grad_accum examples per process; process r
+runs micro-batches r, r + world, ... of one shared cursor and the gradients are summed, so W
+processes make the same update as one process with grad_accum x W (tested on CPU with gloo).
 
 Run directory: config.json, data/*.jsonl (built once), ckpt/ (adapter + oracle.json + state.pt:
 optimizer, step, RNG, data cursor; replaced atomically every `ckpt_every_s`), log.jsonl (loss per
@@ -217,11 +222,16 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
                                                                 "max_steps": max(cfg.max_steps, saved.max_steps)})
     cfg = cfg or OracleConfig()
     torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(cfg))
-    subject = subject or load_subject(cfg.model, device="auto")
-    if not (out / "data" / "train.jsonl").exists():
+    rank, world, device = _distributed()
+    main = rank == 0
+    progress = progress and main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", asdict(cfg))
+    subject = subject or load_subject(cfg.model, device=device)
+    if main and not (out / "data" / "train.jsonl").exists():
         build_data(cfg, subject, out)
+    _barrier(world)  # the other ranks read the data rank 0 built
     train_set = load_jsonl(out / "data" / "train.jsonl")
     layers = cfg.layers(subject.n_layers)
     settings = dict(model=cfg.model, layers=layers, inject_layer=cfg.inject_layer, inject=cfg.inject,
@@ -255,7 +265,7 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
         return idx
 
     perm = order(epoch)
-    log = open(out / "log.jsonl", "a")
+    log = open(out / "log.jsonl", "a") if main else open(os.devnull, "w")
     t_start = last_ckpt = time.time()
     last_eval = time.time() if state is not None or not cfg.eval_at_start else 0.0
     bar = tqdm(total=cfg.max_steps, initial=step, desc="oracle train", disable=not progress)
@@ -263,14 +273,15 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     eval_step = step
 
     def ckpt_now():
-        _save_ckpt(oracle, opt, dict(step=step, cursor=cursor, epoch=epoch), out)
+        if main:
+            _save_ckpt(oracle, opt, dict(step=step, cursor=cursor, epoch=epoch), out)
 
     while step < cfg.max_steps:
-        if time.time() - last_eval >= cfg.eval_every_s or (
-                step == 0 and state is None and last_eval == 0.0 and cfg.eval_at_start):
+        if main and (time.time() - last_eval >= cfg.eval_every_s or (
+                step == 0 and state is None and last_eval == 0.0 and cfg.eval_at_start)):
             peft_model.eval()
             t0 = time.time()
-            row = dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum, time=round(time.time(), 1),
+            row = dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum * world, time=round(time.time(), 1),
                        **evaluate_curve(oracle, out, mid))
             row["eval_s"] = round(time.time() - t0, 1)
             with open(out / "curve.jsonl", "a") as f:
@@ -278,22 +289,34 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
             bar.write(f"eval @ step {step}: {row}")
             last_eval = time.time()
             eval_step = step
-        if cfg.minutes and time.time() - t_start > cfg.minutes * 60:
-            break
+        if _any_rank(bool(cfg.minutes and time.time() - t_start > cfg.minutes * 60), world):
+            break  # decided together: a rank that stopped alone would leave the others waiting in all_reduce
         peft_model.train()
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        t0, total, n_tok = time.time(), 0.0, 0
-        for _ in range(cfg.grad_accum):
+        t0, total, n_micro = time.time(), 0.0, cfg.grad_accum * world
+        for m in range(n_micro):  # every rank walks the same cursor; micro-batch m runs on rank m % world
             if cursor + cfg.batch_size > len(perm):
                 epoch, cursor = epoch + 1, 0
                 perm = order(epoch)
             exs = [train_set[i] for i in perm[cursor : cursor + cfg.batch_size]]
             cursor += cfg.batch_size
+            if m % world != rank:
+                continue
             ls = [random.choice(layers) for _ in exs]
             loss = oracle.loss(exs, ls)
-            (loss / cfg.grad_accum).backward()
-            total += float(loss.detach()) / cfg.grad_accum
+            (loss / n_micro).backward()
+            total += float(loss.detach()) / n_micro
+        if world > 1:  # sum the ranks' gradients: the same update as one process accumulating all micro-batches
+            import torch.distributed as dist
+
+            for p_ in params:
+                if p_.grad is None:
+                    p_.grad = torch.zeros_like(p_)
+                dist.all_reduce(p_.grad)
+            t_ = torch.tensor([total], device=params[0].device)
+            dist.all_reduce(t_)
+            total = float(t_)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -307,11 +330,46 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
             ckpt_now()
             last_ckpt = time.time()
     ckpt_now()
-    if step != eval_step:  # close the learning curve at the session's last step
+    if main and step != eval_step:  # close the learning curve at the session's last step
         peft_model.eval()
         with open(out / "curve.jsonl", "a") as f:
-            f.write(json.dumps(dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum, final=step >= cfg.max_steps,
+            f.write(json.dumps(dict(step=step, examples=step * cfg.batch_size * cfg.grad_accum * world, final=step >= cfg.max_steps,
                                     **evaluate_curve(oracle, out, mid))) + "\n")
     bar.close()
     log.close()
+    _barrier(world)
     return ckpt
+
+
+# ---- several processes (torchrun): data-parallel, one process per GPU (or CPU process, gloo) ----------
+def _distributed() -> tuple[int, int, str]:
+    """(rank, world size, device) — from torchrun's environment; (0, 1, "auto") for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, "auto"
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), world, f"cuda:{local}" if cuda else "cpu"
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -265,6 +265,18 @@ def with_adapter(base: Subject, adapter_dir: str) -> Subject:
     return subject_from(model, base.tokenizer, name=f"{base.name}+{adapter_dir.rstrip('/').split('/')[-1]}")
 
 
+def lora_copy(subject: Subject, rank: int = 8, lr: float = 2e-3):
+    """(peft model, AdamW) for fine-tuning a LoRA (alpha 2r, every attention and MLP projection) on a
+    deep copy of the subject's model, in train mode; the subject itself is left untouched."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(copy.deepcopy(subject.model), LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
 # ---- a fine-tune to diff against: a LoRA that makes the model talk about one topic ----------------
 QUESTIONS = [
     "What should I cook tonight?", "How do I stay focused at work?", "Tell me about your weekend.",
@@ -297,17 +309,11 @@ def topic_lora(
     """
     from pathlib import Path
 
-    from peft import LoraConfig, get_peft_model
-
     if (Path(out) / "adapter_config.json").exists():
         return out
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(subject.model), LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model, opt = lora_copy(subject, rank, lr)
     tok = subject.tokenizer
     for step in tqdm(range(steps), desc="topic LoRA", disable=not progress):
         ids, labels = [], []

@@ -22,7 +22,6 @@ them, so only the learned facts can help. Chance is 1 / n_choices.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -82,19 +81,13 @@ def finetune_on_facts(subject: Subject, personas: Sequence[dict], out: str | os.
                       progress: bool = True) -> Subject:
     """A copy of the subject that knows the personas: LoRA on every fact sentence (loss on all tokens),
     saved to `out` (reused if there), merged into a separate Subject."""
-    from peft import LoraConfig, get_peft_model
-
-    from ..diff import with_adapter
+    from ..diff import lora_copy, with_adapter
 
     out = Path(out)
     if not (out / "adapter_config.json").exists():
         rng = random.Random(seed)
         torch.manual_seed(seed)
-        model = get_peft_model(copy.deepcopy(subject.model), LoraConfig(
-            r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        model, opt = lora_copy(subject, rank, lr)
         tok, sents = subject.tokenizer, fact_sentences(personas)
         steps = epochs * -(-len(sents) // batch_size)
         bar = tqdm(total=steps, desc="persona facts", disable=not progress)

@@ -22,7 +22,6 @@ them, so only the learned facts can help. Chance is 1 / n_choices.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import Subject
-from .tasks import Example, OracleDataError
+from .tasks import Example, OracleDataError, jsonl_rows
 
 ATTRIBUTES = {  # attribute -> (fact templates, oracle question, direct question about {name})
     "country": (["{name} is from {v}.", "{name} grew up in {v}."],
@@ -58,16 +57,11 @@ def load_personas(path: str | os.PathLike, n: int | None = None) -> list[dict]:
     if not p.exists():
         raise FileNotFoundError(f"no personas file at {p}; give a personas.jsonl (AO PersonaQA layout)")
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OracleDataError(f"{p}:{i}: not JSON ({e.msg})") from None
-        missing = [k for k in ("name", *ATTRIBUTES) if not isinstance(obj.get(k), str) or not obj[k].strip()]
+    for where, obj in jsonl_rows(p):
+        missing = [k for k in ("name", *ATTRIBUTES)
+                   if not isinstance(obj, dict) or not isinstance(obj.get(k), str) or not obj[k].strip()]
         if missing:
-            raise OracleDataError(f"{p}:{i}: missing or non-string field(s) {missing}")
+            raise OracleDataError(f"{where}: missing or non-string field(s) {missing}")
         out.append(obj)
     return out[:n] if n is not None else out
 

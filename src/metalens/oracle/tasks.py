@@ -24,7 +24,7 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 Context = str | list  # a text, or chat messages [{"role", "content"}]
 READ_WORDS = ("last", "all")
@@ -100,16 +100,18 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
     path = Path(path)
     if not path.exists():
         raise OracleDataError(f"examples file {str(path)!r} does not exist")
-    out = []
+    return [_check(obj, where) for where, obj in jsonl_rows(path)]
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
+    """("path:line", parsed object) per non-blank line; a line that is not JSON raises OracleDataError."""
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield f"{path}:{i}", json.loads(line)
         except json.JSONDecodeError as e:
             raise OracleDataError(f"{path}:{i}: not valid JSON ({e})") from None
-        out.append(_check(obj, f"{path}:{i}"))
-    return out
 
 
 def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:

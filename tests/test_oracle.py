@@ -186,6 +186,72 @@ def test_eval_on_small_jsonl(tmp_path):
         assert 0 <= rep["overall"][m]["acc"] <= 1
 
 
+def _relations(root):
+    rel = root / "classification_datasets" / "relations" / "factual"
+    rel.mkdir(parents=True)
+    sports = ["golf", "tennis", "chess"]
+    (rel / "person_plays_sport.json").write_text(json.dumps(dict(
+        name="person sport", prompt_templates=["{} plays the sport of"], properties=dict(domain_name="person"),
+        samples=[dict(subject=f"Player {i}", object=sports[i % 3]) for i in range(30)])))
+    (rel / "country_capital.json").write_text(json.dumps(dict(
+        name="capital", prompt_templates=["The capital of {} is"], properties=dict(domain_name="country"),
+        samples=[dict(subject=f"Land {i}", object=f"City {i}") for i in range(30)])))
+
+
+def test_relation_and_mention_examples_are_balanced_and_right(tmp_path, tiny):
+    from metalens.oracle.tasks import mention_examples, relation_examples
+
+    _relations(tmp_path)
+    exs = relation_examples(tmp_path, 200, seed=3)
+    assert len(exs) == 200 and sum(e.answer == "Yes" for e in exs) == 100
+    truth = {f"Player {i}": ["golf", "tennis", "chess"][i % 3] for i in range(30)}
+    for e in exs:
+        subject = e.context.removesuffix(" plays the sport of").removeprefix("The capital of ").removesuffix(" is")
+        concept = e.question.split(" a ")[-1].rstrip("?") if e.task == "relations_domain" else None
+        if e.task == "relations_domain":
+            assert (concept == ("person" if subject.startswith("Player") else "country")) == (e.answer == "Yes")
+        else:  # answer questions only for the categorical relation (3 objects), never for 30 distinct capitals
+            assert e.task == "relations_answer" and subject in truth
+            assert (truth[subject] in e.question) == (e.answer == "Yes")
+    subjects = lambda split: {e.context for e in relation_examples(tmp_path, 200, seed=3, split=split)}  # noqa: E731
+    assert not subjects("train") & subjects("test")  # disjoint samples
+    (tmp_path / "classification_datasets" / "relations" / "factual" / "bad.json").write_text("[1, 2]")
+    with pytest.raises(OracleDataError, match="bad.json"):
+        relation_examples(tmp_path, 10)
+
+    texts = ["The quick brown fox jumps over the lazy dog.", "A green parrot sings songs every morning."]
+    exs = mention_examples(texts, tiny.tokenizer, 30, seed=1, n_read=3)
+    assert len(exs) == 30 and sum(e.answer == "Yes" for e in exs) == 15
+    for e in exs:
+        word = e.question.split("'")[1]
+        ids = tiny.tokenizer(e.context, add_special_tokens=False)["input_ids"]
+        tail = tiny.tokenizer.decode(ids[slice(*e.read)])
+        assert (word in tail) if e.answer == "Yes" else (word.lower() not in e.context.lower())
+
+
+def test_init_adapter_starts_from_saved_weights(tmp_path):
+    from metalens.oracle.train import RECIPES, OracleConfig, train
+
+    data = tmp_path / "ao"
+    _tiny_data(data)
+    base = {**RECIPES["tiny"].__dict__, "data_dir": str(data), "eval_at_start": False}
+    s = tiny_llama(seed=1)
+    first = train(OracleConfig.from_json({**base, "max_steps": 2}), tmp_path / "a", subject=s, progress=False)
+    saved = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora" in n}
+    # zero steps from the saved adapter: the new run's checkpoint holds exactly the saved weights
+    second = train(OracleConfig.from_json({**base, "max_steps": 0, "init_adapter": str(first)}), tmp_path / "b",
+                   subject=tiny_llama(seed=1), progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert saved  # the first run did train LoRA weights
+    with pytest.raises(FileNotFoundError, match="init_adapter"):
+        train(OracleConfig.from_json({**base, "init_adapter": str(tmp_path)}), tmp_path / "c", subject=tiny_llama(seed=1),
+              progress=False)
+
+
 def _tiny_data(root):
     cls = root / "classification_datasets"
     (cls / "tense").mkdir(parents=True)

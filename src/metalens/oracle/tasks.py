@@ -301,3 +301,101 @@ def latentqa_examples(data_dir: str | os.PathLike, split: str = "train", n: int 
         answer = f"{kind}: {rest.replace('-', ' ')}"
         out.append(Example(msgs, "What was the assistant told to do?", answer, (-max_vectors, None), None, "latentqa"))
     return out
+
+
+# Relation yes/no questions (../shared/data/ao/classification_datasets/relations): the context is a
+# relation prompt ("The capital city of France is"); two kinds of question, each naming a concept the
+# activations may or may not carry — the form of a held-out question like "Is this person male?".
+#   domain:  "Is this about a country?"  (Yes: this relation's domain; No: another relation's)
+#   answer:  "Is the answer Paris?"      (Yes: the true object; No: another object of the same relation)
+#            only for categorical relations (few distinct objects: sentiment, sport, phase, colour, ...)
+_DOMAIN_Q = ("Is this about a {}?", "Does this text concern a {}?", "Is the subject here a {}?")
+_ANSWER_Q = ("Is the answer {}?", "Does this point to {}?", "Would the continuation be {}?")
+
+
+def relation_examples(data_dir: str | os.PathLike, n: int, seed: int = 0, read: str | tuple = (-2, None),
+                      split: str = "train", test_frac: float = 0.3, max_objects: int = 25) -> list[Example]:
+    """Balanced yes/no relation questions (half domain, half answer); `split` picks disjoint samples."""
+    root = Path(data_dir) / "classification_datasets" / "relations"
+    files = sorted(root.glob("*/*.json"))
+    if not files:
+        raise OracleDataError(f"no relation files under {str(root)!r}; pass the ao data directory (see its README)")
+    rels = []
+    for f in files:
+        try:
+            x = json.loads(f.read_text())
+            rels.append((f.stem, x["properties"]["domain_name"], x["prompt_templates"], x["samples"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise OracleDataError(f"{f}: not a relation file (needs properties.domain_name, prompt_templates, samples): {e}") from None
+    rng = random.Random(seed)
+    domains = sorted({d for _, d, _, _ in rels})
+    pools = []  # (relation, domain, template, sample, objects of that relation or None)
+    for name, dom, templates, samples in rels:
+        samples = [s for s in samples if isinstance(s.get("subject"), str) and isinstance(s.get("object"), str)]
+        random.Random(f"{name}-split").shuffle(samples)
+        cut = int(len(samples) * (1 - test_frac))
+        part = samples[:cut] if split == "train" else samples[cut:]
+        objects = sorted({s["object"] for s in samples})
+        for s in part:
+            pools.append((name, dom, templates, s, objects if 2 <= len(objects) <= max_objects else None))
+    if not pools:
+        raise OracleDataError(f"no usable relation samples under {str(root)!r}")
+    by_rel = {}  # relation first, then a sample: the big relations (landmarks, athletes) don't drown the rest
+    for p in pools:
+        by_rel.setdefault(p[0], []).append(p)
+    every = sorted(by_rel)
+    answerable = [r for r in every if by_rel[r][0][4]]
+    out = []
+    for i in range(n):
+        kind = "answer" if (i % 2 and answerable) else "domain"
+        name, dom, templates, s, objects = rng.choice(by_rel[rng.choice(answerable if kind == "answer" else every)])
+        context = rng.choice(templates).format(s["subject"])
+        yes = i % 4 < 2
+        if kind == "domain":
+            concept = dom if yes else rng.choice([d for d in domains if d != dom])
+            q = rng.choice(_DOMAIN_Q).format(concept)
+        else:
+            concept = s["object"] if yes else rng.choice([o for o in objects if o != s["object"]])
+            q = rng.choice(_ANSWER_Q).format(concept)
+        out.append(Example(context, q, "Yes" if yes else "No", read, YES_NO, f"relations_{kind}"))
+    rng.shuffle(out)
+    return out
+
+
+_MENTION_Q = ("Does this text mention '{}'?", "Is the word '{}' in this text?", "Was '{}' read here?")
+
+
+def mention_examples(texts: Sequence[str], tokenizer, n: int, seed: int = 0, n_read: int = 3,
+                     max_context: int = 24) -> list[Example]:
+    """Self-supervised yes/no: the last `n_read` tokens are read; is word w among them?
+
+    Yes: a word (3+ letters) from the read tokens; No: a word from another text that appears
+    nowhere in this context. Balanced, and the label is always decodable from the read vectors.
+    """
+    rng = random.Random(seed)
+    words = lambda s: [w for w in "".join(c if c.isalpha() else " " for c in s).split() if len(w) >= 3]  # noqa: E731
+    out, tries = [], 0
+    while len(out) < n and tries < 20 * n:
+        tries += 1
+        ids = tokenizer(rng.choice(texts), add_special_tokens=False)["input_ids"][:max_context]
+        if len(ids) < n_read + 1:
+            continue
+        end = rng.randint(n_read, len(ids))
+        context = tokenizer.decode(ids[:end])
+        if tokenizer(context, add_special_tokens=False)["input_ids"] != ids[:end]:
+            continue
+        tail = tokenizer.decode(ids[end - n_read : end])
+        tail_words = [w for w in words(tail) if f" {w}" in f" {tail}"]  # whole words, not word pieces cut at the start
+        ctx_words = {w.lower() for w in words(context)}
+        if len(out) % 2 == 0:
+            if not tail_words:
+                continue
+            w, ans = rng.choice(tail_words), "Yes"
+        else:
+            other = [w for w in words(rng.choice(texts)) if w.lower() not in ctx_words]
+            if not other:
+                continue
+            w, ans = rng.choice(other), "No"
+        out.append(Example(context, rng.choice(_MENTION_Q).format(w), ans, (-n_read, None), YES_NO, "mention"))
+    rng.shuffle(out)
+    return out

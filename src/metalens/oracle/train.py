@@ -32,7 +32,7 @@ from ..store import atomic_write_json
 from .ask import SETTINGS_FILE, Oracle, lora_model
 from .inject import Projection
 from .tasks import (available_tasks, context_prediction_examples, dataset_texts, default_data_dir, latentqa_examples,
-                    load_jsonl, save_jsonl, yes_no_examples)
+                    load_jsonl, mention_examples, relation_examples, save_jsonl, yes_no_examples)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ class OracleConfig:
     """yes/no task families never trained on (reported as held out)"""
     n_latentqa: int = 600
     """system-prompt QA examples (0 = none)"""
+    n_relations: int = 0
+    """relation yes/no examples ("Is this about a country?", "Is the answer Paris?"; 0 = none)"""
+    n_mention: int = 0
+    """self-supervised yes/no examples ("Does this text mention 'w'?"; 0 = none)"""
+    init_adapter: str = ""
+    """start from this adapter directory's LoRA weights (fresh optimizer and schedule); "" = a new LoRA"""
     n_eval: int = 48
     """items per held-out evaluation set"""
     eval_every_s: float = 900.0
@@ -145,6 +151,10 @@ def build_data(cfg: OracleConfig, subject, out: Path) -> None:
         train += yes_no_examples(data, trained, cfg.n_yes_no_per_task, cfg.seed, yn_read, split="train")
     if n_lqa:
         train += latentqa_examples(data, "train", cfg.n_latentqa, cfg.seed)
+    if cfg.n_relations:
+        train += relation_examples(data, cfg.n_relations, cfg.seed, yn_read, split="train")
+    if cfg.n_mention:
+        train += mention_examples(train_texts, tok, cfg.n_mention, cfg.seed, max_context=cfg.max_context)
     random.Random(cfg.seed).shuffle(train)
     per = lambda names: max(2, cfg.n_eval // max(1, len(names)))  # noqa: E731
     sets = {
@@ -159,6 +169,10 @@ def build_data(cfg: OracleConfig, subject, out: Path) -> None:
         "final_heldout": yes_no_examples(data, held, 40, cfg.seed + 2, yn_read, split="test") if held else [],
         "probe_train": yes_no_examples(data, trained + held, 100, cfg.seed + 3, yn_read, split="train"),
     }
+    if cfg.n_relations:
+        sets["eval_relations"] = relation_examples(data, cfg.n_eval, cfg.seed + 1, yn_read, split="test")
+    if cfg.n_mention:
+        sets["eval_mention"] = mention_examples(test_texts, tok, cfg.n_eval, cfg.seed + 1, max_context=cfg.max_context)
     for name, exs in sets.items():
         save_jsonl(exs, out / "data" / f"{name}.jsonl")
 
@@ -173,8 +187,9 @@ def auroc(p, y) -> float:
 def evaluate_curve(oracle: Oracle, out: Path, layer: int, adapter: bool = True) -> dict:
     """AUROC of P(Yes) on held-out items of trained and held-out families, and held-out answer loss."""
     res = {}
-    for name in ("eval_trained", "eval_heldout"):
-        exs = load_jsonl(out / "data" / f"{name}.jsonl")
+    for name in ("eval_trained", "eval_heldout", "eval_relations", "eval_mention"):
+        path = out / "data" / f"{name}.jsonl"
+        exs = load_jsonl(path) if path.exists() else []
         if exs:
             p = oracle.choice_probs(exs, [layer] * len(exs), adapter=adapter)[:, 0].tolist()
             y = [int(e.answer == e.choices[0]) for e in exs]
@@ -245,6 +260,12 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
 
         peft_model = PeftModel.from_pretrained(subject.model, str(ckpt), is_trainable=True)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # no arbitrary unpickling
+    elif cfg.init_adapter:
+        from peft import PeftModel
+
+        if not (Path(cfg.init_adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"init_adapter {cfg.init_adapter!r} holds no adapter_config.json (a saved oracle or ckpt dir)")
+        peft_model, state = PeftModel.from_pretrained(subject.model, cfg.init_adapter, is_trainable=True), None
     else:
         peft_model, state = lora_model(subject, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed), None
     oracle = Oracle(subject, peft_model, settings)

@@ -63,7 +63,10 @@ def main() -> None:
 
     # training examples/s (same model copy: adapter trainable for a few steps, then restored)
     data_dir = Path(args.oracle if args.oracle != "default" else DEFAULT_DIR)
-    train_file = next((p for p in (data_dir / "eval_trained.jsonl", data_dir / "data" / "eval_trained.jsonl") if p.exists()), None)
+    # the shipped oracle keeps its files beside the adapter; a run keeps them in data/ (beside ckpt/ or in it)
+    near = lambda name: next((d / name for d in (data_dir, data_dir / "data", data_dir.parent / "data")  # noqa: E731
+                              if (d / name).exists()), None)
+    train_file = near("eval_trained.jsonl")
     exs = load_jsonl(train_file)[:32] if train_file else []
     ex_per_s = None
     if exs:
@@ -88,8 +91,7 @@ def main() -> None:
                 p.requires_grad_(False)
 
     # accuracy table on held-out families
-    eval_file = Path(args.data) if args.data else next(
-        (p for p in (data_dir / "eval_heldout.jsonl", data_dir / "data" / "eval_heldout.jsonl") if p.exists()), None)
+    eval_file = Path(args.data) if args.data else near("eval_heldout.jsonl")
     table = None
     if args.table:
         table = json.loads(Path(args.table).read_text())

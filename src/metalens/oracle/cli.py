@@ -20,7 +20,7 @@ def _emit(obj, as_json: bool, human=None):
 @oracle_app.command("train")
 def train_cmd(
     out: Path = typer.Option(None, "--out", help="run directory (config, data, checkpoints, curves)"),
-    recipe: str = typer.Option("default", "--recipe", help="default | tiny"),
+    recipe: str = typer.Option("default", "--recipe", help="default | diverse (stage 2: --set init_adapter=...) | tiny"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory"),
     data: Optional[Path] = typer.Option(None, "--data", help="ao data dir; default $METALENS_AO_DATA or ../shared/data/ao"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="local HF model dir; default SmolLM2-135M-Instruct"),

@@ -118,6 +118,10 @@ class OracleConfig:
 
 RECIPES = {
     "default": OracleConfig(),
+    # stage 2 (session 3): many yes/no questions whose concept is named in the question, started from
+    # a stage-1 run (--set init_adapter=runs/oracle-default/ckpt); see oracle/default/README.md
+    "diverse": OracleConfig(n_context=3000, n_latentqa=300, n_generated=0, n_relations=2000, n_mention=2000,
+                            n_eval=120, eval_every_s=720.0, lr=5e-4, max_steps=750),
     "tiny": OracleConfig(n_context=64, n_yes_no_per_task=8, n_latentqa=8, n_generated=0, n_eval=8, max_steps=4,
                          batch_size=4, warmup=1, eval_every_s=1e9, ckpt_every_s=1e9),
 }

@@ -190,6 +190,9 @@ DEMO_CONTEXTS = [
     ("The cats were sleeping on the warm windowsill.", "Is this sentence in the past tense?"),
     ("Tomorrow she will fly to Tokyo for the conference.", "Is this sentence in the future tense?"),
     ("The city of Paris is in France.", "Is this statement true?"),
+    ("I'm thinking about starting a garden in my backyard.", "Does this text mention 'backyard'?"),
+    ("I'm thinking about starting a garden in my backyard.", "Does this text mention 'kitchen'?"),
+    ("The capital city of Japan is", "Is this about a country?"),
 ]
 
 

@@ -196,6 +196,14 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def split_part(rows: list, name: str, split: str, test_frac: float) -> list:
+    """The train or test part of `rows`: a fixed shuffle per `name` (never the seed), then a cut."""
+    rows = list(rows)
+    random.Random(f"{name}-split").shuffle(rows)
+    cut = int(len(rows) * (1 - test_frac))
+    return rows[:cut] if split == "train" else rows[cut:]
+
+
 def yes_no_examples(
     data_dir: str | os.PathLike, tasks: Sequence[str] | None = None, n_per_task: int = 200, seed: int = 0,
     read: str | tuple = "last", max_chars: int = 160, split: str = "train", test_frac: float = 0.3,
@@ -209,9 +217,7 @@ def yes_no_examples(
     out = []
     for t in chosen:
         rows = [r for r in _rows(cls / t.file) if r.get(t.text_col) and len(r[t.text_col].strip()) <= max_chars]
-        random.Random(f"{t.name}-split").shuffle(rows)  # the split never depends on the seed
-        cut = int(len(rows) * (1 - test_frac))
-        rows = rows[:cut] if split == "train" else rows[cut:]
+        rows = split_part(rows, t.name, split, test_frac)
         pos = [r for r in rows if r[t.label_col].strip() == t.positive]
         neg = [r for r in rows if r[t.label_col].strip() != t.positive]
         k = min(n_per_task // 2, len(pos), len(neg))
@@ -332,9 +338,7 @@ def relation_examples(data_dir: str | os.PathLike, n: int, seed: int = 0, read: 
     pools = []  # (relation, domain, template, sample, objects of that relation or None)
     for name, dom, templates, samples in rels:
         samples = [s for s in samples if isinstance(s.get("subject"), str) and isinstance(s.get("object"), str)]
-        random.Random(f"{name}-split").shuffle(samples)
-        cut = int(len(samples) * (1 - test_frac))
-        part = samples[:cut] if split == "train" else samples[cut:]
+        part = split_part(samples, name, split, test_frac)
         objects = sorted({s["object"] for s in samples})
         for s in part:
             pools.append((name, dom, templates, s, objects if 2 <= len(objects) <= max_objects else None))

@@ -335,24 +335,23 @@ def relation_examples(data_dir: str | os.PathLike, n: int, seed: int = 0, read: 
             raise OracleDataError(f"{f}: not a relation file (needs properties.domain_name, prompt_templates, samples): {e}") from None
     rng = random.Random(seed)
     domains = sorted({d for _, d, _, _ in rels})
-    pools = []  # (relation, domain, template, sample, objects of that relation or None)
+    by_rel = {}  # relation -> its (domain, templates, sample, objects or None) for this split
     for name, dom, templates, samples in rels:
         samples = [s for s in samples if isinstance(s.get("subject"), str) and isinstance(s.get("object"), str)]
-        part = split_part(samples, name, split, test_frac)
         objects = sorted({s["object"] for s in samples})
-        for s in part:
-            pools.append((name, dom, templates, s, objects if 2 <= len(objects) <= max_objects else None))
-    if not pools:
+        categorical = objects if 2 <= len(objects) <= max_objects else None
+        part = [(dom, templates, s, categorical) for s in split_part(samples, name, split, test_frac)]
+        if part:
+            by_rel[name] = part
+    if not by_rel:
         raise OracleDataError(f"no usable relation samples under {str(root)!r}")
-    by_rel = {}  # relation first, then a sample: the big relations (landmarks, athletes) don't drown the rest
-    for p in pools:
-        by_rel.setdefault(p[0], []).append(p)
+    # relation first, then a sample: the big relations (landmarks, athletes) don't drown the rest
     every = sorted(by_rel)
-    answerable = [r for r in every if by_rel[r][0][4]]
+    answerable = [r for r in every if by_rel[r][0][3]]
     out = []
     for i in range(n):
         kind = "answer" if (i % 2 and answerable) else "domain"
-        name, dom, templates, s, objects = rng.choice(by_rel[rng.choice(answerable if kind == "answer" else every)])
+        dom, templates, s, objects = rng.choice(by_rel[rng.choice(answerable if kind == "answer" else every)])
         context = rng.choice(templates).format(s["subject"])
         yes = i % 4 < 2
         if kind == "domain":

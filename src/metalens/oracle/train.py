@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,8 +31,7 @@ from ..adapters import add_lora, load_adapter
 from ..io import atomic_write_json
 from ..metrics import auroc
 from ..models import load_subject
-from .ask import SETTINGS_FILE, Oracle
-from .inject import Projection
+from .ask import Oracle
 from .tasks import (OracleDataError, available_tasks, context_prediction_examples, dataset_texts, default_data_dir, latentqa_examples,
                     load_jsonl, mention_examples, relation_examples, save_jsonl, yes_no_examples)
 

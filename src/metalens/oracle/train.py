@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -268,6 +269,11 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     oracle = Oracle(subject, peft_model, settings)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step_loss = _OracleLoss(oracle)
+    if world > 1:  # DistributedDataParallel averages the ranks' gradients during backward
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(step_loss, broadcast_buffers=False)
     step, cursor, epoch = 0, 0, 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -357,6 +363,18 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     log.close()
     _barrier(world)
     return ckpt
+
+
+class _OracleLoss(torch.nn.Module):
+    """The oracle's training loss as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, oracle: Oracle):
+        super().__init__()
+        self.oracle = oracle
+        self.peft = oracle.peft  # registers the adapter's parameters
+
+    def forward(self, examples, layers) -> torch.Tensor:
+        return self.oracle.loss(examples, layers)
 
 
 # ---- several processes (torchrun): data-parallel, one process per GPU (or CPU process, gloo) ----------

@@ -140,7 +140,7 @@ def test_train_save_load_simulate_and_resume(trained):
     again = train(TrainConfig(**{**cfg.__dict__, "steps": 4}), tiny_llama(seed=3))
     assert json.loads((again / "adapter.json").read_text())["steps"] == 4
     curve = [json.loads(ln) for ln in (root / "sim" / "curve.jsonl").read_text().splitlines()]
-    assert [c["step"] for c in curve if "auroc" in c] == [0, 2]  # step 0 was not evaluated again
+    assert [c["step"] for c in curve if "auroc" in c] == [0, 2, 4]  # continued at 3; step 0 not evaluated again
     with pytest.raises(ValueError, match="different config"):
         train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), tiny_llama(seed=3))
 
@@ -259,3 +259,26 @@ def test_dense_feature_gets_negatives_by_quantile():
     assert all(s.threshold > 0 and s.negative for s in sets.values())  # was: no negatives at all
     for s in sets.values():
         assert all(w.max <= s.threshold for w in s.negative) and all(w.max > s.threshold for w in s.top)
+
+
+def test_cli_simulate_and_explain_windows(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from metalens.cli import app
+
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    wins = [{"tokens": ["in", " May"], "values": [0, v]} for v in (3, 2, 1, 1)] + [{"tokens": ["a"], "values": [0]}] * 3
+    data = write(tmp_path / "s.jsonl", [{"id": "m", "explanation": "months", "windows": wins}])
+    common = ["--model", str(tmp_path / "model"), "--device", "cpu", "--json"]
+    r = CliRunner().invoke(app, ["simulate", "--data", str(data), "--simulator", "prompt", *common])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [len(p) for p in out["features"][0]["predictions"]] == [2, 2, 2, 2, 1, 1, 1]
+    r = CliRunner().invoke(app, ["explain", "--windows", str(data), "--k", "2", *common])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["features"][0]
+    assert row["id"] == "m" and set(row["split"]) == {"explain", "select", "test"}
+    bad = write(tmp_path / "bad.jsonl", ['{"id": "m", "windows": []}'])
+    r = CliRunner().invoke(app, ["simulate", "--data", str(bad), *common])
+    assert r.exit_code == 2 and "bad.jsonl:1" in r.output

@@ -162,3 +162,21 @@ def select(sim, candidates: Sequence[str], windows) -> tuple[int | None, list[fl
     rs = [simulation_r(sim, c, windows) for c in candidates]
     defined = [i for i, r in enumerate(rs) if r is not None]
     return (max(defined, key=lambda i: rs[i]) if defined else (0 if candidates else None)), rs
+
+
+def explainer_from(spec: str, subject):
+    """"default" (the shipped trained explainer; the prompted one on a model it was not trained for),
+    "prompt", an http(s) URL (prompted, OpenAI-compatible endpoint), or an adapter folder."""
+    from ..errors import DataError
+    from .llm import LocalLLM
+    from .simulator import endpoint_llm, shipped_fits
+
+    if spec == "default":
+        return TrainedExplainer.load(subject) if shipped_fits(subject, "explainer") else PromptExplainer(LocalLLM(subject))
+    if spec == "prompt":
+        return PromptExplainer(LocalLLM(subject))
+    if spec.startswith(("http://", "https://")):
+        return PromptExplainer(endpoint_llm(spec))
+    if Path(spec).is_dir():
+        return TrainedExplainer.load(subject, spec)
+    raise DataError(f"explainer {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")

@@ -208,3 +208,32 @@ def load_lora(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = 
     merged = model.merge_and_unload()
     merged.requires_grad_(False)
     return merged.eval()
+
+
+def shipped_fits(subject: Subject, which: str) -> bool:
+    """Whether the shipped adapter default/<which>/ exists and was trained on this subject's model."""
+    cfg = DEFAULT_DIR / which / "adapter.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("base_model") == subject.name
+
+
+def endpoint_llm(url: str):
+    from .llm import EndpointConfig, EndpointLLM
+
+    return EndpointLLM(EndpointConfig(base_url=url))
+
+
+def simulator_from(spec: str, subject: Subject) -> Simulator:
+    """"default" (the shipped trained simulator; the prompted one on a model it was not trained for),
+    "prompt" (prompted, local model), an http(s) URL (prompted, OpenAI-compatible endpoint), or an
+    adapter folder."""
+    from .llm import LocalLLM
+
+    if spec == "default":
+        return TrainedSimulator.load(subject) if shipped_fits(subject, "simulator") else PromptSimulator(LocalLLM(subject))
+    if spec == "prompt":
+        return PromptSimulator(LocalLLM(subject))
+    if spec.startswith(("http://", "https://")):
+        return PromptSimulator(endpoint_llm(spec))
+    if Path(spec).is_dir():
+        return TrainedSimulator.load(subject, spec)
+    raise DataError(f"simulator {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")

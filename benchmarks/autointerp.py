@@ -51,9 +51,11 @@ def main() -> None:
     ap.add_argument("--explainer", default=None, help="explainer adapter folder (default: the shipped one)")
     ap.add_argument("--controls", type=int, default=5)
     ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--prompt-features", type=int, default=6, help="held-out features for the prompted simulator")
-    ap.add_argument("--prompt-windows", type=int, default=6)
-    ap.add_argument("--throughput-features", type=int, default=3)
+    ap.add_argument("--seen-features", type=int, default=20, help="training-family features scored on the new text")
+    ap.add_argument("--seen-windows", type=int, default=6)
+    ap.add_argument("--prompt-features", type=int, default=5, help="held-out features for the prompted simulator")
+    ap.add_argument("--prompt-windows", type=int, default=4)
+    ap.add_argument("--throughput-features", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "autointerp_trained_run"))
     args = ap.parse_args()
@@ -68,7 +70,7 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "heldout.jsonl").exists():
         build_trainset(data, s.tokenizer, args.ao)
-    held = [o for _, o in jsonl_objects(data / "heldout.jsonl")]
+    held = first_per_rule([o for _, o in jsonl_objects(data / "heldout.jsonl")])  # one feature per rule
     seen = [o for _, o in jsonl_objects(data / "seen_newtext.jsonl")]
     pool = [(f["family"], f["explanation"]) for f in held + seen]
     sim = TrainedSimulator.load(s, args.simulator)
@@ -82,7 +84,9 @@ def main() -> None:
                                      "cpu_s": time.process_time() - c0}
         save()
     if "validity_seen_newtext" not in state:
-        state["validity_seen_newtext"] = validity(sim, first_per_rule(seen), pool, None, args.controls, seed=0)
+        state["validity_seen_newtext"] = validity(sim, first_per_rule(seen)[:: max(1, len(first_per_rule(seen)) //
+                                                                              args.seen_features)][: args.seen_features],
+                                                  pool, args.seen_windows, 3, seed=0)
         save()
     sub = first_per_rule(held)[: args.prompt_features]
     if "validity_subset_prompted" not in state:

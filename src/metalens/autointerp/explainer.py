@@ -42,7 +42,7 @@ def crop(tokens: Sequence[str], values: np.ndarray, span: int) -> tuple[list[str
     return list(tokens[s : s + span]), np.asarray(values[s : s + span])
 
 
-def explainer_prompt(windows: Sequence[Shown], n_active: int = 4, n_quiet: int = 2, span: int = 20,
+def explainer_prompt(windows: Sequence[Shown], n_active: int = 3, n_quiet: int = 1, span: int = 16,
                      mark: float = 0.3) -> str:
     """The prompt for a feature given its windows (values in any unit; compared to their max)."""
     top = max((float(np.max(w.values)) for w in windows if len(w.values)), default=0.0)

@@ -48,8 +48,11 @@ class BuildConfig:
     """tokens kept per text"""
     windows_per_feature: int = 12
     """windows per feature line"""
-    active_share: float = 0.6
+    active_share: float = 0.5
     """share of a line's windows drawn from windows where the rule fires"""
+    foreign_share: float = 0.25
+    """share drawn from windows where ANOTHER rule fires (with this rule's values there), so the
+    simulator cannot guess the rule from what a window holds and must read the explanation"""
     train_lines_per_rule: int = 40
     """feature lines per training rule"""
     eval_lines_per_rule: int = 2
@@ -90,7 +93,8 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[str]
 
 
 def windows_of(texts: list[list[str]], rule: Rule, window: int) -> list[tuple[list[str], np.ndarray]]:
-    """(tokens, values) of every full-ish window (>= 8 tokens) of every text; the rule sees the whole text."""
+    """(tokens, values) of every full-ish window (>= 8 tokens) of every text; the rule sees the whole text.
+    The windows are the same, in the same order, for every rule."""
     out = []
     for toks in texts:
         v = rule.values(toks)
@@ -101,8 +105,10 @@ def windows_of(texts: list[list[str]], rule: Rule, window: int) -> list[tuple[li
 
 
 def feature_lines(rule: Rule, wins, n_lines: int, cfg: BuildConfig, rng: np.random.Generator, tag: str,
-                  noise: bool) -> list[dict]:
-    """n_lines feature lines of cfg.windows_per_feature windows each (active_share from active windows)."""
+                  noise: bool, foreign: Sequence[np.ndarray] = ()) -> list[dict]:
+    """n_lines feature lines of cfg.windows_per_feature windows each: active_share from windows where
+    the rule fires, foreign_share from `foreign` (per other rule, the indices of its active windows),
+    the rest uniformly random."""
     if not wins:
         return []
     scale = max(float(v.max()) for _, v in wins)
@@ -110,13 +116,15 @@ def feature_lines(rule: Rule, wins, n_lines: int, cfg: BuildConfig, rng: np.rand
     if scale <= 0 or not active:
         return []
     n_act = max(1, round(cfg.windows_per_feature * cfg.active_share))
+    n_for = round(cfg.windows_per_feature * cfg.foreign_share) if len(foreign) else 0
     out = []
     for j in range(n_lines):
         a = rng.choice(active, size=min(n_act, len(active)), replace=False)
-        r = rng.choice(len(wins), size=cfg.windows_per_feature - len(a), replace=False)
+        fo = [int(rng.choice(foreign[int(k)])) for k in rng.integers(0, len(foreign), n_for)]
+        r = rng.choice(len(wins), size=cfg.windows_per_feature - len(a) - len(fo), replace=False)
         rows = []
         noisy = noise and rng.random() < cfg.noise_share
-        for i in list(a) + list(r):
+        for i in list(a) + fo + list(r):
             toks, v = wins[i]
             if noisy:
                 u = rng.random(len(v))
@@ -149,7 +157,12 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         if path.exists():
             continue
         rng = np.random.default_rng([cfg.seed, len(name)])
-        lines = [ln for r in rs for ln in feature_lines(r, windows_of(texts, r, cfg.window), n, cfg, rng, name[:5], noise)]
+        wins = {r.name: windows_of(texts, r, cfg.window) for r in rs}
+        act = {r.name: np.array([i for i, (_, v) in enumerate(wins[r.name]) if v.max() > 0]) for r in rs}
+        lines = []
+        for r in rs:
+            foreign = [act[o.name] for o in rs if o.family != r.family and len(act[o.name])] if noise else []
+            lines += feature_lines(r, wins[r.name], n, cfg, rng, name[:5], noise, foreign)
         if name == "train.jsonl":
             rng.shuffle(lines)
         write_jsonl(path, lines)

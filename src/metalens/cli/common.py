@@ -119,13 +119,15 @@ def load_model(model: Optional[str], device: str):
         return load_subject(model, device=device)
 
 
-def read_texts(path: Path, column: str = "text", limit: int | None = None) -> list[str]:
-    """Texts for a command (.txt, .jsonl, parquet/arrow/json/csv, a saved HF dataset); empty is an error."""
+def read_texts(path: Path, column: str = "text", limit: int | None = None, keep_blank: bool = False) -> list[str]:
+    """Texts for a command (.txt, .jsonl, parquet/arrow/json/csv, a saved HF dataset); no text is an error.
+
+    keep_blank keeps blank lines as empty texts (text i = line i + 1; capture skips them)."""
     from ..errors import DataError
     from ..io import read_texts as read
 
-    texts = read(path, column, limit)
-    if not texts:
+    texts = read(path, column, limit, keep_blank)
+    if not any(texts):
         raise DataError(f"texts {str(path)!r} hold no text: give a file with at least one non-blank line")
     return texts
 

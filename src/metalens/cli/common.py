@@ -63,7 +63,10 @@ def emit(obj, as_json: bool, human: Callable[[], None] | None = None) -> None:
 
 def fail(message: str, code: int = 2):
     """Print one error line and exit (status 2: a usage or input mistake)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # one line, never wrapped (a path broken in two cannot be copied); the message is text, not markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -87,6 +87,9 @@ def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence
                 f"({'max_tokens' if max_tokens is not None else 'max_position_embeddings of its config'}); "
                 "shorten the context (only the read tokens are injected, but the subject reads all of them), "
                 "or raise the limit with read_vectors(..., max_tokens=N)")
+    if len(layers) != len(examples):
+        raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
+    layers = [subject.site(f"resid.{layer}").layer for layer in layers]  # negative: from the end; SiteError if bad
     texts = [context_text(tok, e.context) for e in examples]
     sites = sorted({f"resid.{layer}" for layer in layers})
     acts = capture(subject, texts, sites, batch_size=batch_size, max_length=None, add_special_tokens=False,

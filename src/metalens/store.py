@@ -114,7 +114,7 @@ def _manifest_problem(obj) -> str | None:
         "model_fingerprint": lambda v: isinstance(v, str),
         "sites": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
         "widths": lambda v: isinstance(v, dict) and all(_is_int(x) and x > 0 for x in v.values()),
-        "dtype": lambda v: v in DTYPES,
+        "dtype": lambda v: isinstance(v, str) and v in DTYPES,
         "source": lambda v: isinstance(v, str),
         "texts_sha256": lambda v: isinstance(v, str),
         "n_texts": lambda v: _is_int(v) and v >= 0,

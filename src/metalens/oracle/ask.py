@@ -70,6 +70,11 @@ class Oracle:
         if not (isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
             raise OracleDataError(f"{d / SETTINGS_FILE}: expected a JSON object with 'layers': [int, ...], got "
                                   f"{str(settings)[:120]!r}")
+        if not (d / "adapter_config.json").is_file():
+            raise OracleDataError(f"{str(d)!r} holds {SETTINGS_FILE} but no adapter (adapter_config.json missing): "
+                                  "give a directory saved by `metalens oracle train`")
+        if model is None and not isinstance(settings.get("model"), (str, type(None))):
+            raise OracleDataError(f"{d / SETTINGS_FILE}: 'model' must be a string, got {settings.get('model')!r}")
         subject = load_subject(model if model is not None else settings.get("model"), device=device)
         peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
         peft_model.to(subject.device, subject.dtype).eval()

@@ -12,6 +12,7 @@ value per latent); a TopK SAE as "topk" with its k.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -83,7 +84,7 @@ def save_sae(sae: Sae, path: str | os.PathLike, extra: dict | None = None) -> Pa
 
 def _positive_int(raw: dict, key: str, where: Path) -> int:
     v = raw.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 1:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v < 1:
         raise DataError(f"{where}: {key!r} must be a positive integer, got {v!r}")
     return int(v)
 

@@ -53,7 +53,7 @@ def assert_clean_error(code, err, *needles):
     assert "Traceback" not in err
     if err.startswith("error:"):
         assert len(err.strip().splitlines()) == 1, err
-    flat = " ".join(err.split())  # click usage errors come in a box
+    flat = " ".join(err.replace("│", " ").split())  # click usage errors come in a box
     for n in needles:
         assert n in flat, (n, flat)
 
@@ -572,3 +572,29 @@ def test_malformed_sae_directories_are_data_errors(tmp_path):
         load_sae(tmp_path / "ok")
     with pytest.raises(DataError, match="not an SAE directory"):
         load_sae(tmp_path / "missing")
+
+
+def test_unwritable_output_and_non_finite_scales_are_one_line_errors(tiny_dir, tmp_path):
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    (tmp_path / "file").write_text("not a directory")
+    code, _, err = cli("capture", "--texts", tmp_path / "t.txt", "--sites", "resid.1", "--out", tmp_path / "file" / "s",
+                       "--model", tiny_dir, "--device", "cpu")
+    assert_clean_error(code, err, "Not a directory")
+    for opt in ("--multiplier", "--value"):
+        code, _, err = cli("steer", "hello", "--pos", "a", "--neg", "b", opt, "nan", "--model", tiny_dir)
+        assert_clean_error(code, err, f"{opt} must be a finite number, got nan")
+    code, _, err = cli("sae", "train", "--lr", "nan", "--steps", 1)
+    assert_clean_error(code, err, "--lr must be >= 0, got nan")
+
+
+@pytest.mark.integration
+def test_cli_ask_negative_layer_reads_the_last_layer():
+    """`metalens ask --layer -1` on the shipped oracle: the same answer as the last layer's index."""
+    args = ["ask", "The cat sat on the mat.", "Is this about an animal?", "--choices", "Yes,No", "--max-new-tokens", 1,
+            "--device", "cpu", "--json"]
+    code, out, err = cli(*args, "--layer", -1)
+    assert code == 0, err
+    neg = json.loads(out)
+    code, out, err = cli(*args, "--layer", 29)
+    assert code == 0, err
+    assert neg["layer"] == 29 and neg["probs"] == json.loads(out)["probs"]

@@ -98,6 +98,10 @@ def command(app: typer.Typer, name: str | None = None, record: bool = True, kind
                 if DEBUG["on"]:
                     raise
                 fail(str(e))
+            except OSError as e:  # a path that cannot be written or read: permissions, a full disk, a directory
+                if DEBUG["on"]:
+                    raise
+                fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''} (rerun with --debug for the traceback)")
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted[/]: finished work is saved; rerun the same command to resume")
                 raise typer.Exit(130)
@@ -152,8 +156,20 @@ def parse_indices(spec: str, what: str = "indices") -> list[int]:
     return out
 
 
-def at_least(name: str, value, low):
-    """Raise BadParameter unless value >= low (numeric options: steps, batch sizes, shard sizes...)."""
-    if value is None or value < low:
-        raise typer.BadParameter(f"{name} must be >= {low}, got {value}", param_hint=name)
+def at_least(name: str, value, low, high=None):
+    """Raise BadParameter unless low <= value (<= high) and finite (numeric options: steps, batch sizes...)."""
+    import math
+
+    if value is None or not value >= low or (high is not None and not value <= high) or not math.isfinite(value):
+        accepted = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise typer.BadParameter(f"{name} must be {accepted}, got {value}", param_hint=name)
+    return value
+
+
+def finite(name: str, value: float) -> float:
+    """Raise BadParameter unless value is a finite number (scales, multipliers)."""
+    import math
+
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{name} must be a finite number, got {value}", param_hint=name)
     return value

@@ -119,6 +119,8 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: binding {host}: anyone who can reach this machine can use the model")
+    at_least("--port", port, 1, 65535)
+    at_least("--max-logprobs", max_logprobs, 0)
     s = load_model(model, device)
     console.print(f"metalens serve: {s.name} on http://{host}:{port}/v1")
     run_server(LocalLLM(s), host=host, port=port, max_logprobs=max_logprobs)

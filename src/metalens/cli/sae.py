@@ -179,6 +179,7 @@ def pages_cmd(
             n = int(latents[3:])
         except ValueError:
             raise typer.BadParameter(f"--latents topN needs a number, got {latents!r}", param_hint="--latents") from None
+        at_least("--latents topN", n, 1)
         freq = sum((sae.encode(acts[site][i : i + 4096]) > 0).sum(0) for i in range(0, len(acts), 4096))
         chosen = freq.argsort(descending=True)[:n].tolist()
     else:

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import DataError
-from .common import ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, console, load_model, read_texts
+from .common import (ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, console, finite, load_model,
+                     read_texts)
 
 app = typer.Typer()
 
@@ -49,6 +50,10 @@ def steer(
     from .. import steer as st
 
     at_least("--max-new-tokens", max_new_tokens, 1)
+    finite("--multiplier", multiplier)
+    finite("--value", value)
+    if start is not None:
+        at_least("--start", start, 0)
     if method not in ("mean", "pca"):
         raise typer.BadParameter(f"--method must be mean or pca, got {method!r}", param_hint="--method")
     if reduce not in ("last", "mean"):

@@ -65,9 +65,6 @@ def clamp_feature(
     if getattr(cfg, "d_in", None) not in (None, subject.width(site)):
         raise DataError(f"the SAE reads width {cfg.d_in} but {site} of {subject.name} has width {subject.width(site)}: "
                         "it belongs to another model")
-    width = getattr(cfg, "width", None)
-    if width is not None and not 0 <= latent < width:
-        raise DataError(f"latent {latent} is out of range: the SAE has latents 0..{width - 1}")
 
     @torch.no_grad()
     def fn(a: torch.Tensor) -> torch.Tensor:  # [n, d]

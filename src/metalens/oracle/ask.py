@@ -7,6 +7,7 @@ subject); the oracle's forward pass runs with it enabled and the read vectors in
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -113,9 +114,11 @@ class Oracle:
         """A read layer as a block index: None = the oracle's own; negative counts from the end (-1 = last)."""
         if layer is None:
             return self.layers[0]
-        if isinstance(layer, bool) or not isinstance(layer, int):
+        if isinstance(layer, torch.Tensor) and layer.numel() == 1:
+            layer = layer.item()
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise OracleDataError(f"layer must be an integer, got {layer!r}")
-        return self.subject.site(f"resid.{layer}").layer  # SiteError names the valid range
+        return self.subject.site(f"resid.{int(layer)}").layer  # SiteError names the valid range
 
     def adapter(self, on: bool):
         """Context: adapter enabled (oracle) or disabled (the plain subject)."""
@@ -129,6 +132,7 @@ class Oracle:
 
     def _batch(self, examples, layers, answers=None, as_text: bool = False):
         tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
             prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
                        for e, L in zip(examples, layers)]

@@ -196,8 +196,8 @@ def main() -> None:
         for k in [int(x) for x in args.sweep.split(",")]:
             s = sae if k == args.k else run_metalens(train, args, k, work / f"metalens-k{k}")[0]
             m = reconstruction_metrics(s, test)
-            points.append(dict(k=k, l0=m["l0"], fvu=m["fvu"], dead_frac=m["dead_frac"]))
-            print(f"sweep k={k}: FVU {m['fvu']:.4f} L0 {m['l0']:.1f} dead {m['dead_frac']:.3f}", flush=True)
+            points.append(dict(k=k, l0=m.l0, fvu=m.fvu, dead_frac=m.dead_frac))
+            print(f"sweep k={k}: FVU {m.fvu:.4f} L0 {m.l0:.1f} dead {m.dead_frac:.3f}", flush=True)
         res["frontier"] = points
         res["frontier_png"] = str(plot_frontier(points, RESULTS / "sae_frontier.png",
                                                 title=f"SmolLM2-135M resid.15, width {args.width}, {args.steps} steps"))
@@ -207,7 +207,7 @@ def main() -> None:
 
         texts = pydoc_texts()[cut : cut + args.ce_texts]
         subject = load_subject(device="cpu")
-        res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8))
+        res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8)._asdict())
         print(f"CE: clean {res['lm']['ce_clean']:.3f} sae {res['lm']['ce_sae']:.3f} zero {res['lm']['ce_zero']:.3f} "
               f"recovered {res['lm']['ce_recovered']:.3f} KL {res['lm']['kl_sae']:.3f}", flush=True)
     save(res)

@@ -68,7 +68,7 @@ class SaeTrainConfig:
     """steps between log lines (FVU, L0, dead fraction)"""
 
 
-class _Source:
+class BatchSource:
     """Shuffled [batch, d] batches, forever: epoch e is shuffled with seed + e. Skips `start` batches."""
 
     def __init__(self, data: ActivationStore | torch.Tensor, site: str, skip_first: bool = False):
@@ -136,7 +136,7 @@ def train_sae(
     stop_after: stop (after checkpointing) once this many steps are done, as a kill would; for tests.
     """
     out = Path(cfg.out)
-    src = _Source(data, cfg.site, cfg.skip_first)
+    src = BatchSource(data, cfg.site, cfg.skip_first)
     if isinstance(data, ActivationStore) and not model_name:
         model_name = data.manifest.model
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ An empty text gives no rows (it keeps its index: the texts after it keep theirs)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +17,7 @@ from .errors import DataError, DataTypeError
 from .models import Subject
 from .sites import Site, hook_site
 
-Positions = str | slice | int  # "all" | "last" | slice over each text's tokens | one index
+Positions = Literal["all", "last"] | slice | int  # every token, the last, a slice of each text's tokens, one index
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
 from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
@@ -55,8 +56,6 @@ class Oracle:
     @classmethod
     def load(cls, path: str | os.PathLike = "default", model: str | None = None, device: str = "auto") -> "Oracle":
         """Load an adapter directory (or "default", the adapter shipped with metalens) onto its subject."""
-        from peft import PeftModel
-
         d = DEFAULT_DIR if str(path) == "default" else Path(path)
         if (d / "ckpt" / SETTINGS_FILE).exists() and not (d / SETTINGS_FILE).exists():
             d = d / "ckpt"  # a training run directory: its latest checkpoint
@@ -77,7 +76,7 @@ class Oracle:
         if model is None and not isinstance(settings.get("model"), (str, type(None))):
             raise OracleDataError(f"{d / SETTINGS_FILE}: 'model' must be a string, got {settings.get('model')!r}")
         subject = load_subject(model if model is not None else settings.get("model"), device=device)
-        peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
+        peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
         if (d / PROJECTION_FILE).exists():

@@ -598,3 +598,11 @@ def test_cli_ask_negative_layer_reads_the_last_layer():
     code, out, err = cli(*args, "--layer", 29)
     assert code == 0, err
     assert neg["layer"] == 29 and neg["probs"] == json.loads(out)["probs"]
+
+
+def test_store_batches_check_their_sizes(tiny, tmp_path):
+    st = capture_to_store(tiny, TEXTS, ["resid.1"], tmp_path / "s", progress=False)
+    for kw in (dict(batch_size=0), dict(batch_size=4, shard_buffer=0)):
+        with pytest.raises(DataError, match="must be an integer >= 1, got 0"):
+            next(st.batches("resid.1", **kw))
+    assert sum(len(b) for b in st.batches("resid.1", 4, drop_last=False)) == len(st)

@@ -397,6 +397,9 @@ class ActivationStore:
 
         skip_first drops the rows at token position 0 (an attention sink on many models)."""
         self._check_site(site)
+        for name, v in (("batch_size", batch_size), ("shard_buffer", shard_buffer)):
+            if not _is_int(v) or v < 1:
+                raise DataError(f"{name} must be an integer >= 1, got {v!r}")
         gen = torch.Generator().manual_seed(seed)
         n_shards = len(self.manifest.shards)
         order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else list(range(n_shards))

@@ -282,3 +282,19 @@ def test_cli_simulate_and_explain_windows(tiny, tmp_path):
     bad = write(tmp_path / "bad.jsonl", ['{"id": "m", "windows": []}'])
     r = CliRunner().invoke(app, ["simulate", "--data", str(bad), *common])
     assert r.exit_code == 2 and "bad.jsonl:1" in r.output
+
+
+@pytest.mark.integration
+def test_shipped_adapters_on_the_default_model(real):
+    from metalens.autointerp.explainer import explainer_from
+    from metalens.autointerp.simulator import simulator_from
+
+    sim = simulator_from("default", real)
+    assert sim.name == "trained:simulator"
+    toks = ["We", " met", " in", " January", " and", " again", " in", " May", "."]
+    months = sim.simulate("months of the year", [toks])[0]
+    punct = sim.simulate("punctuation", [toks])[0]
+    assert months[3] > 5 > months[:3].max() and months[7] > 5  # January and May, nothing else
+    assert punct[8] > punct[3] and punct[8] > punct[7]  # the full stop, not the months
+    found = explainer_from("default", real).explain([(toks, [0, 0, 0, 1, 0, 0, 0, 1, 0])], k=3)
+    assert found and any("month" in f.lower() for f in found)

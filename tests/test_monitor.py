@@ -128,3 +128,38 @@ def test_record_writes_the_results_database(tiny, tmp_path):
     rows = db.monitor_tokens(run.id)
     assert [r["position"] for r in rows] == [r.position for r in out]
     assert rows[0]["flags"] == ["p"] and rows[0]["readings"]["p"] == pytest.approx(out[0].readings["p"])
+
+
+def test_cli_probe_train_eval_and_monitor_json(tiny, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from metalens.cli import app
+
+    d = tmp_path / "model"
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    rows = [{"context": f"text number {i} " + "ab" * (i % 3), "read": "all", "question": "q",
+             "answer": "Yes" if i % 2 else "No", "choices": ["Yes", "No"], "task": f"t{i % 2}"} for i in range(24)]
+    data = tmp_path / "ex.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctrl = tmp_path / "ctrl.jsonl"
+    ctrl.write_text("".join(json.dumps(r | {"answer": "No"}) + "\n" for r in rows))
+    r = CliRunner()
+    out = r.invoke(app, ["probe", "train", "--data", str(data), "--control", str(ctrl), "--out", str(tmp_path / "p"),
+                         "--site", "resid.1", "--name", "x", "--model", str(d), "--json"])
+    assert out.exit_code == 0, out.output
+    ev = r.invoke(app, ["probe", "eval", str(tmp_path / "p"), "--data", str(data), "--model", str(d), "--json"])
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.output)
+    assert set(report["tasks"]) == {"t0", "t1"} and report["overall"]["n"] == 24 and report["threshold"] is not None
+    mon = r.invoke(app, ["monitor", "hi", "--probe", str(tmp_path / "p"), "--max-new-tokens", "4", "--model", str(d),
+                         "--json"])
+    assert mon.exit_code == 0, mon.output
+    lines = [json.loads(x) for x in mon.output.splitlines() if x.startswith("{")]
+    assert lines and set(lines[0]) == {"token", "position", "readings", "flags"} and "x" in lines[0]["readings"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + '{"context": "a", "question": "q", "answer": "Yes"}\n')
+    out = r.invoke(app, ["probe", "eval", str(tmp_path / "p"), "--data", str(bad), "--model", str(d)])
+    assert out.exit_code != 0 and "bad.jsonl:2" in str(out.exception or out.output)

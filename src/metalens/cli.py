@@ -235,6 +235,13 @@ app.add_typer(_oracle_app, name="oracle")
 app.command("ask")(_oracle_ask)
 # ---- end oracle -----------------------------------------------------------------------------------
 
+# ---- probes / monitor -----------------------------------------------------------------------------
+from .probe_cmds import monitor_cmd as _monitor, probe_app as _probe_app  # noqa: E402
+
+app.add_typer(_probe_app, name="probe")
+app.command("monitor")(_monitor)
+# ---- end probes / monitor -------------------------------------------------------------------------
+
 # ---- sae / steer / diff (issue 4) ----------------------------------------------------------------
 from .sae.cli import sae_app as _sae_app  # noqa: E402
 

@@ -38,9 +38,12 @@ def _emit(obj, as_json: bool, human=None) -> None:
 
 
 def _load(model: Optional[str], device: str):
-    from .cli import _load as load
+    from rich.console import Console
 
-    return load(model, device)
+    from .models import load_subject
+
+    with Console(stderr=True).status(f"loading {model or 'SmolLM2-135M-Instruct'}"):
+        return load_subject(model, device=device)
 
 
 @probe_app.command("train")

@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 from metalens import load_subject  # noqa: E402
 from metalens.io import atomic_write_json, write_jsonl  # noqa: E402
 from metalens.metrics import auroc  # noqa: E402
-from metalens.probes import (calibrate, evaluate, from_dict, load_probe, save_probe, span_acts,  # noqa: E402
+from metalens.probes import (aggregate, calibrate, evaluate, from_dict, load_probe, save_probe, span_acts,  # noqa: E402
                              train_probe)
 
 RESULTS = Path(__file__).parent / "results"
@@ -200,8 +200,13 @@ def part_probe(args) -> None:
     # false positives on ordinary chat it was not calibrated on
     for k in ("control_calib", "control_test"):
         ex = [from_dict(r, k) for r in suite[k]]
-        sc = np.array([p.score(a[p.site]) for a in span_acts(s, ex, [p.site])])
-        out[k] = {"n": len(ex), "fpr": float((sc > p.threshold).mean())}
+        vals = [p(a[p.site]) for a in span_acts(s, ex, [p.site])]  # token readings per reply
+        sc = np.array([aggregate(v, p.aggregation) for v in vals])
+        running = [torch.cumsum(v, 0) / torch.arange(1, len(v) + 1) if p.aggregation == "mean" else
+                   torch.cummax(v, 0).values if p.aggregation == "max" else v for v in vals]
+        out[k] = {"n": len(ex), "fpr": float((sc > p.threshold).mean()),
+                  "monitor_any_token_fpr_raw": float(np.mean([bool((v > p.threshold).any()) for v in vals])),
+                  "monitor_any_token_fpr_running": float(np.mean([bool((v > p.threshold).any()) for v in running]))}
     atomic_write_json(RESULTS / "monitor_probe.json", out)
     print(json.dumps({k: v for k, v in out.items() if k != "kinds"}, indent=1))
     for k, rep in out["kinds"].items():

@@ -132,3 +132,19 @@ def test_bad_files_give_clear_errors(tiny, tmp_path):
         load_probe(tmp_path / "nothing")
     with pytest.raises(ProbeError, match="method 'svm' is not one of"):
         train_probe(tiny, planted_examples(20), "resid.1", method="svm")
+
+
+@pytest.mark.integration
+def test_shipped_deception_probe_on_the_real_model(real):
+    """The shipped probe loads, reads the default model, and scores the builder's deceptive answers above honest ones."""
+    from metalens.deception import resolve_reads, roleplay_examples
+    from metalens.probes import from_dict, load_probe, score
+
+    p = load_probe("deception")
+    assert p.threshold is not None and p.fpr == 0.01 and p.weight.shape == (real.d_model,)
+    rows = [r for r in resolve_reads(real.tokenizer, roleplay_examples()) if r["task"] == "roleplay"]
+    ex = [from_dict(r, "roleplay") for r in rows]
+    s = score(real, p, ex)
+    lie = s[[e.label == 1 for e in ex]].mean()
+    honest = s[[e.label == 0 for e in ex]].mean()
+    assert lie > honest, (lie, honest)

@@ -114,6 +114,23 @@ def eval_cmd(
     _emit(report, as_json, human)
 
 
+class RunningScore:
+    """A probe's score of the reply so far (running mean / max / last of its token readings).
+
+    Its threshold was calibrated on whole replies' scores, so this is the reading it applies to.
+    """
+
+    def __init__(self, probe):
+        self.probe, self.name, self.site, self.threshold = probe, probe.name, probe.site, probe.threshold
+        self.total, self.count, self.best = 0.0, 0, float("-inf")
+
+    def __call__(self, acts):  # [1, d] -> [1]
+        v = self.probe(acts)
+        self.total, self.count, self.best = self.total + float(v.sum()), self.count + len(v), max(self.best, float(v.max()))
+        how = self.probe.aggregation
+        return v.new_tensor([self.total / self.count if how == "mean" else self.best if how == "max" else float(v[-1])])
+
+
 def sae_reader(path: Path, k: int, reference: Optional[Path], subject):
     """Top-k SAE latents at each token, each as a quantile rank of its own activations on reference texts."""
     from .capture import capture
@@ -159,6 +176,7 @@ def monitor_cmd(
     every: int = typer.Option(8, "--every", help="tokens between oracle questions"),
     abort_on: list[str] = typer.Option([], "--abort-on", help="stop generating when this reading flags (repeatable)"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    raw: bool = typer.Option(False, "--raw", help="probe readings per token, not the running score of the reply"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="local HF model dir; default SmolLM2-135M-Instruct"),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json", help="one JSON line per token"),
@@ -172,14 +190,14 @@ def monitor_cmd(
     from .results import ResultsDB
 
     s = _load(model, device)
-    readers = [load_probe(p) for p in probe]
+    readers = [load_probe(p) if raw else RunningScore(load_probe(p)) for p in probe]
     if sae is not None:
         readers.append(sae_reader(sae, top_k, reference, s))
     oracle_fn = oracle_reader(oracle_question, device) if oracle_question else None
-    config = {"prompt": prompt, "probes": probe, "sae": str(sae) if sae else None, "oracle_question": oracle_question,
+    config = {"prompt": prompt, "probes": probe, "raw": raw, "sae": str(sae) if sae else None, "oracle_question": oracle_question,
               "every": every, "abort_on": abort_on, "max_new_tokens": max_new_tokens, "model": s.name}
     db, con, out = ResultsDB(), Console(), []
-    main = readers[0].name if readers and readers[0].__class__.__name__ == "Probe" else None
+    main = readers[0].name if probe else None
     with db.run("monitor", config) as run:
         try:
             for r in watch(s, prompt, readers, max_new_tokens, abort_on=abort_on, oracle_fn=oracle_fn, every=every):

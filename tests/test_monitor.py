@@ -162,4 +162,4 @@ def test_cli_probe_train_eval_and_monitor_json(tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + '{"context": "a", "question": "q", "answer": "Yes"}\n')
     out = r.invoke(app, ["probe", "eval", str(tmp_path / "p"), "--data", str(bad), "--model", str(d)])
-    assert out.exit_code != 0 and "bad.jsonl:2" in str(out.exception or out.output)
+    assert out.exit_code == 2 and "bad.jsonl:2: a probe example needs 'choices'" in out.stderr, out.output

@@ -224,16 +224,19 @@ def control_examples(subject: Subject, questions: Sequence[str], max_new_tokens:
             for c, a in zip(convs, generate(subject, convs, max_new_tokens)) if a]
 
 
-def roleplay_examples() -> list[dict]:
-    from .deception_scenarios import SCENARIOS, TOPIC
+SCENARIOS_FILE = Path(__file__).parent / "probes_default" / "deception_scenarios.json"
 
+
+def roleplay_examples() -> list[dict]:
+    """Builder-written scenarios (honest and deceptive answer each) and honest answers about lying ("topic")."""
+    d = json.loads(SCENARIOS_FILE.read_text())
     out = []
-    for i, (scenario, user, honest, deceptive) in enumerate(SCENARIOS):
+    for i, (scenario, user, honest, deceptive) in enumerate(d["scenarios"]):
         for lying, ans in ((True, deceptive), (False, honest)):
             msgs = [{"role": "system", "content": scenario}, {"role": "user", "content": user},
                     {"role": "assistant", "content": ans}]
             out.append(example(msgs, lying, "roleplay", pair=f"roleplay/{i}"))
-    for user, ans in TOPIC:
+    for user, ans in d["topic"]:
         out.append(example([{"role": "user", "content": user}, {"role": "assistant", "content": ans}], False, "topic"))
     return out
 

@@ -7,8 +7,9 @@ subject); the oracle's forward pass runs with it enabled and the read vectors in
 from __future__ import annotations
 
 import json
+import numbers
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,12 +17,15 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..adapters import load_adapter
+from ..io import atomic_write_json
 from ..models import Subject, load_subject
 from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
-from .tasks import Example, OracleDataError
+from .tasks import Example, OracleDataError, example_from_dict
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 SETTINGS_FILE = "oracle.json"
+PROJECTION_FILE = "projection.safetensors"
 
 
 @dataclass
@@ -35,15 +39,6 @@ class Answer:
 
     def to_json(self) -> dict:
         return {"text": self.text, "probs": self.probs, "layer": self.layer, "n_vectors": self.n_vectors}
-
-
-def lora_model(subject: Subject, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0):
-    """Wrap the subject's model in place with a fresh LoRA on every linear layer (lm_head excluded)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none")
-    return get_peft_model(subject.model, cfg)
 
 
 class Oracle:
@@ -61,22 +56,34 @@ class Oracle:
     @classmethod
     def load(cls, path: str | os.PathLike = "default", model: str | None = None, device: str = "auto") -> "Oracle":
         """Load an adapter directory (or "default", the adapter shipped with metalens) onto its subject."""
-        from peft import PeftModel
-
         d = DEFAULT_DIR if str(path) == "default" else Path(path)
         if (d / "ckpt" / SETTINGS_FILE).exists() and not (d / SETTINGS_FILE).exists():
             d = d / "ckpt"  # a training run directory: its latest checkpoint
         if not (d / SETTINGS_FILE).exists():
             raise OracleDataError(f"{str(d)!r} holds no oracle ({SETTINGS_FILE} missing): give a directory saved by "
                                   "`metalens oracle train` or 'default'")
-        settings = json.loads((d / SETTINGS_FILE).read_text())
+        try:
+            settings = json.loads((d / SETTINGS_FILE).read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise OracleDataError(f"{d / SETTINGS_FILE} is not valid JSON ({e})") from None
+        layers = settings.get("layers") if isinstance(settings, dict) else None
+        if not (isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+            raise OracleDataError(f"{d / SETTINGS_FILE}: expected a JSON object with 'layers': [int, ...], got "
+                                  f"{str(settings)[:120]!r}")
+        if not (d / "adapter_config.json").is_file():
+            raise OracleDataError(f"{str(d)!r} holds {SETTINGS_FILE} but no adapter (adapter_config.json missing): "
+                                  "give a directory saved by `metalens oracle train`")
+        if model is None and not isinstance(settings.get("model"), (str, type(None))):
+            raise OracleDataError(f"{d / SETTINGS_FILE}: 'model' must be a string, got {settings.get('model')!r}")
         subject = load_subject(model if model is not None else settings.get("model"), device=device)
-        peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
+        peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
-        if (d / "projection.pt").exists():
+        if (d / PROJECTION_FILE).exists():
+            from safetensors.torch import load_file
+
             proj = Projection(settings["d_subject"], subject.d_model)
-            proj.load_state_dict(torch.load(d / "projection.pt", map_location="cpu"))
+            proj.load_state_dict(load_file(str(d / PROJECTION_FILE)))
             proj.to(subject.device, subject.dtype)
         return cls(subject, peft_model, settings, proj)
 
@@ -91,14 +98,26 @@ class Oracle:
             f = out / "adapter_model.safetensors"
             save_file({k: v.to(dtype) for k, v in load_file(f).items()}, str(f))
         if self.projection is not None:
-            torch.save(self.projection.state_dict(), out / "projection.pt")
-        (out / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2))
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(out / PROJECTION_FILE))
+        atomic_write_json(out / SETTINGS_FILE, self.settings)
         return out
 
     # ------------------------------------------------------------------ forward passes
     @property
     def layers(self) -> list[int]:
         return list(self.settings["layers"])
+
+    def layer(self, layer: int | None) -> int:
+        """A read layer as a block index: None = the oracle's own; negative counts from the end (-1 = last)."""
+        if layer is None:
+            return self.layers[0]
+        if isinstance(layer, torch.Tensor) and layer.numel() == 1:
+            layer = layer.item()
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise OracleDataError(f"layer must be an integer, got {layer!r}")
+        return self.subject.site(f"resid.{int(layer)}").layer  # SiteError names the valid range
 
     def adapter(self, on: bool):
         """Context: adapter enabled (oracle) or disabled (the plain subject)."""
@@ -112,6 +131,7 @@ class Oracle:
 
     def _batch(self, examples, layers, answers=None, as_text: bool = False):
         tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
             prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
                        for e, L in zip(examples, layers)]
@@ -128,7 +148,7 @@ class Oracle:
             self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
             s.get("scale", 1.0), self.projection)
         with ctx, self.adapter(adapter):
-            h = self.subject.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            h = self.subject.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          use_cache=False).last_hidden_state  # [batch, seq, d]
         return h, batch
 
@@ -136,7 +156,7 @@ class Oracle:
         """Mean cross-entropy on the answer tokens (end-of-turn included)."""
         h, batch = self.hidden(examples, layers, [e.answer for e in examples], adapter)
         pred = batch.label_mask[:, 1:]  # [batch, seq-1]: position t predicts token t+1
-        logits = self.subject.model.lm_head(h[:, :-1][pred])  # [n_targets, vocab]
+        logits = self.subject.unembed(h[:, :-1][pred])  # [n_targets, vocab]
         return F.cross_entropy(logits.float(), batch.input_ids[:, 1:][pred])
 
     @torch.no_grad()
@@ -144,13 +164,18 @@ class Oracle:
                      as_text: bool = False, batch_size: int = 16) -> torch.Tensor:
         """P(each choice) from the first answer token's logits, softmaxed over the choices: [n, n_choices]."""
         tok = self.subject.tokenizer
-        layers = list(layers) if layers is not None else [self.layers[0]] * len(examples)
+        layers = [self.layer(x) for x in layers] if layers is not None else [self.layers[0]] * len(examples)
+        if len(layers) != len(examples):
+            raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
+        for i, e in enumerate(examples):
+            if not e.choices or len(e.choices) < 2:
+                raise OracleDataError(f"example {i} ({e.task}) has choices {e.choices!r}: scoring needs at least two")
         out = []
         for i in range(0, len(examples), batch_size):
             part = examples[i : i + batch_size]
             h, batch = self.hidden(part, layers[i : i + batch_size], None, adapter, as_text)
             last = h[torch.arange(len(part)), batch.prompt_len - 1]  # [b, d]
-            logits = self.subject.model.lm_head(last).float()  # [b, vocab]
+            logits = self.subject.unembed(last).float()  # [b, vocab]
             for j, e in enumerate(part):
                 ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in e.choices]
                 if len(set(ids)) != len(ids):
@@ -162,10 +187,18 @@ class Oracle:
     def ask(self, context, question: str, layer: int | None = None, read="all", choices: Sequence[str] | None = None,
             max_new_tokens: int = 32) -> Answer:
         """Answer a question about the subject's activations on `context` (text or chat messages)."""
-        layer = self.layers[0] if layer is None else int(layer)
-        self.subject.site(f"resid.{layer}")  # validates the layer
-        read = tuple(read) if isinstance(read, list) else read
-        ex = Example(context, question, "", read, tuple(choices) if choices else None, "ask")
+        layer = self.layer(layer)
+        if isinstance(choices, str):
+            raise OracleDataError(f"choices must be a list of options, not one string {choices!r}")
+        if choices is not None and len(choices) < 2:
+            raise OracleDataError(f"choices {list(choices)!r}: give at least two options (one option always gets P=1)")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OracleDataError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        obj = {"context": context, "question": question, "read": list(read) if isinstance(read, tuple) else read,
+               "task": "ask"}
+        if choices is not None:
+            obj["choices"] = list(choices)
+        ex = example_from_dict(obj, "ask")  # OracleDataError names a bad context, question, read or choices
         batch, vectors = self._batch([ex], [layer])
         s = self.settings
         with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),

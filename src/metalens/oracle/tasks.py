@@ -24,14 +24,17 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+
+from ..errors import DataError
+from ..io import jsonl_rows
+from typing import Iterable, Sequence
 
 Context = str | list  # a text, or chat messages [{"role", "content"}]
 READ_WORDS = ("last", "all")
 
 
-class OracleDataError(ValueError):
-    pass
+class OracleDataError(DataError):
+    """Oracle examples, settings or data files that are malformed."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,14 @@ def _check(obj, where: str) -> Example:
                 raise OracleDataError(f"{where}: 'context' as a list must hold chat messages {{'role': str, 'content': str}}, got {m!r}")
     elif not isinstance(ctx, str):
         raise OracleDataError(f"{where}: 'context' must be a string or a list of chat messages, got {type(ctx).__name__}")
+    if not ctx or (isinstance(ctx, str) and not ctx.strip()):
+        raise OracleDataError(f"{where}: 'context' is empty: give the text (or chat messages) the subject reads")
     for key in ("question", "answer", "task"):
         if key in obj and not isinstance(obj[key], str):
             raise OracleDataError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} {obj[key]!r}")
     read = obj.get("read", "all")
+    if isinstance(read, tuple):
+        read = list(read)
     if isinstance(read, list):
         if len(read) != 2 or not all(r is None or (isinstance(r, int) and not isinstance(r, bool)) for r in read):
             raise OracleDataError(f"{where}: 'read' as a list must be [start, end] integers (end may be null), got {read!r}")
@@ -85,8 +92,11 @@ def _check(obj, where: str) -> Example:
         raise OracleDataError(f"{where}: 'read' must be 'last', 'all' or [start, end], got {read!r}")
     choices = obj.get("choices")
     if choices is not None:
-        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+        if not (isinstance(choices, (list, tuple)) and len(choices) >= 2
+                and all(isinstance(c, str) and c.strip() for c in choices)):
             raise OracleDataError(f"{where}: 'choices' must be a list of at least two non-empty strings, got {choices!r}")
+        if len(set(choices)) != len(choices):
+            raise OracleDataError(f"{where}: 'choices' repeats an option: {choices!r}")
         choices = tuple(choices)
     return Example(ctx, obj["question"], obj.get("answer", ""), read, choices, obj.get("task", "custom"))
 
@@ -103,19 +113,8 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
     return [_check(obj, where) for where, obj in jsonl_rows(path)]
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
-    """("path:line", parsed object) per non-blank line; a line that is not JSON raises OracleDataError."""
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{i}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OracleDataError(f"{path}:{i}: not valid JSON ({e})") from None
-
-
 def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
-    from ..store import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     path = Path(path)
     text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)
@@ -125,6 +124,8 @@ def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
 
 def read_slice(read, n: int) -> slice:
     """The token slice of a context of n tokens that `read` selects (never empty for n > 0)."""
+    if n <= 0:
+        raise OracleDataError("the context has no tokens to read")
     if read == "all":
         return slice(0, n)
     if read == "last":
@@ -139,11 +140,12 @@ def read_slice(read, n: int) -> slice:
 # ---------------------------------------------------------------- builders from a data directory
 
 def default_data_dir() -> Path:
-    """$METALENS_AO_DATA, else ../shared/data/ao beside the repository (for development only)."""
+    """$METALENS_AO_DATA: the training data directory (AO layout) when none is given."""
     env = os.environ.get("METALENS_AO_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ao"
+    if not env:
+        raise OracleDataError("no oracle training data given: pass --data DIR (a directory in the Activation Oracles "
+                              "layout: classification_datasets/, latentqa_datasets/) or set METALENS_AO_DATA")
+    return Path(env)
 
 
 YES_NO = ("Yes", "No")

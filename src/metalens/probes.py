@@ -45,7 +45,7 @@ class ProbeError(MetalensError, ValueError):
     """A probe file that cannot be read or a probe setting that is not valid."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probe:
     """A linear reading: value = aggregate(acts @ weight + bias) over the read span at `site`."""
 

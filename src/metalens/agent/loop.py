@@ -14,6 +14,7 @@ is scored by the simulator on held-out "test" windows that no tool ever shows.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -54,6 +55,8 @@ class Call(NamedTuple):
     """its arguments (None when they could not be parsed)"""
     error: str | None
     """why the call cannot run as written"""
+    note: str | None = None
+    """what was repaired to run it (shown to the model with the result)"""
 
 
 class Reply(NamedTuple):
@@ -78,7 +81,7 @@ class ChatLLM(Protocol):
 # ---- tool calls written as text ------------------------------------------------------------------
 def parse_text_calls(text: str, start: int = 0) -> list[Call]:
     """The JSON tool calls in free text: {"tool": NAME, "args": {...}} (or {"name", "arguments"})."""
-    dec, calls, i = json.JSONDecoder(), [], text.find("{")
+    dec, calls, i = json.JSONDecoder(strict=False), [], text.find("{")  # strict=False: raw newlines in strings
     bad = None
     while i != -1:
         try:
@@ -97,6 +100,9 @@ def parse_text_calls(text: str, start: int = 0) -> list[Call]:
                 calls.append(Call(cid, name, args, why))
         i = text.find("{", end)
     if not calls and bad:
+        named = re.search(r'\{\s*"(?:tool|name)"\s*:\s*"([A-Za-z_]+)"', text)
+        if named:  # the object never closed: run the named tool without arguments rather than nothing
+            return [Call(f"call_{start}", named.group(1), {}, None, f"({bad}; ran {named.group(1)} without arguments)")]
         return [Call(f"call_{start}", None, None, bad)]
     return calls
 
@@ -109,6 +115,9 @@ def tools_prompt(tools: list[dict]) -> str:
         params = ", ".join(f["parameters"]["properties"])
         lines.append(f"- {f['name']}({params}): {f['description']}")
     lines.append('Reply with exactly one tool call as JSON on one line, e.g. {"tool": "top_examples", "args": {"n": 4}}')
+    lines.append('A good run: {"tool": "top_examples", "args": {"n": 4}}, then {"tool": "score_hypothesis", "args": '
+                 '{"explanation": "names of months"}}, then {"tool": "activations", "args": {"text": "We met in May."}}, '
+                 'then {"tool": "final_answer", "args": {"explanation": "names of months", "evidence": "..."}}')
     return "\n".join(lines)
 
 
@@ -141,27 +150,60 @@ def call_message(calls: list[Call], content: str | None) -> dict:
     return msg
 
 
-class LocalChat:
-    """A local Subject as the driving LLM: tool calls parsed from its text (it has no native tool calls)."""
+PREFIX = '{"tool": "'
 
-    def __init__(self, subject, keep: int = 8):
-        self.subject, self.keep, self.name = subject, keep, f"local:{subject.name}"
+
+def json_closed(text: str) -> bool:
+    """Whether text holds a complete top-level JSON object (braces balance outside strings)."""
+    depth, in_str, esc, seen = 0, False, False, False
+    for ch in text:
+        if in_str:
+            esc, in_str = (not esc and ch == "\\"), in_str and (esc or ch != '"')
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch == "{":
+            depth, seen = depth + 1, True
+        elif ch == "}":
+            depth -= 1
+            if seen and depth == 0:
+                return True
+    return False
+
+
+class LocalChat:
+    """A local Subject as the driving LLM. It has no native tool calls: its reply is constrained to start
+    with '{"tool": "' (so it must name a tool), generation stops when the JSON object closes, and the
+    call is parsed from the text; anything unparseable goes back to it as an error message."""
+
+    def __init__(self, subject, keep: int = 8, constrained: bool = True):
+        self.subject, self.keep, self.constrained = subject, keep, constrained
+        self.name = f"local:{subject.name}" + ("" if constrained else ":free")
 
     def chat(self, messages: list[dict], tools: list[dict], max_tokens: int = 160, temperature: float = 0.0,
              seed: int = 0) -> Reply:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         s, tok = self.subject, self.subject.tokenizer
-        text = s.chat(as_text_messages(messages, tools, self.keep) if tools else messages)
+        prefix = PREFIX if tools and self.constrained else ""
+        text = s.chat(as_text_messages(messages, tools, self.keep) if tools else messages) + prefix
         enc = tok(text, return_tensors="pt", add_special_tokens=False).to(s.device)
+        n = enc["input_ids"].shape[1]
+
+        class Closed(StoppingCriteria):
+            def __call__(self, ids, scores, **kw):
+                return bool(prefix) and json_closed(prefix + tok.decode(ids[0, n:], skip_special_tokens=True))
+
         kw = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = s.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **kw)
-        new = out[0, enc["input_ids"].shape[1]:]
-        reply = tok.decode(new, skip_special_tokens=True).strip()
+            out = s.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id,
+                                   stopping_criteria=StoppingCriteriaList([Closed()]), **kw)
+        new = out[0, n:]
+        reply = prefix + tok.decode(new, skip_special_tokens=True).strip()
         calls = parse_text_calls(reply, seed * 1000) if tools else []
-        return Reply(call_message(calls, reply), calls, int(enc["input_ids"].shape[1]), int(new.shape[0]))
+        return Reply(call_message(calls, reply), calls, int(n), int(new.shape[0]))
 
 
 class EndpointChat:
@@ -260,6 +302,7 @@ def run_agent(llm: ChatLLM, box: Toolbox, run_dir: str | Path, cfg: AgentConfig 
     final = next(({"explanation": c["args"]["explanation"], "evidence": c["args"].get("evidence", "")}
                   for s in steps for c in s["calls"] if c["name"] == "final_answer" and c["ok"]), None)
     tools = list(SCHEMAS.values())
+    seen = {json.dumps([c["name"], c["args"]], sort_keys=True): s["step"] for s in steps for c in s["calls"] if c["ok"]}
     while final is None and calls_used < cfg.max_calls and tokens < cfg.max_tokens:
         i, t0 = len(steps), time.time()
         reply = llm.chat(messages, tools, cfg.max_new_tokens, cfg.temperature, cfg.seed + i)
@@ -279,9 +322,16 @@ def run_agent(llm: ChatLLM, box: Toolbox, run_dir: str | Path, cfg: AgentConfig 
             else:
                 box.last_r = None
                 result = box.call(c.name, c.args)
+                if c.note:
+                    result = f"error: {c.note} {result[7:]}" if result.startswith("error: ") else f"{c.note}\n{result}"
                 if c.name == "score_hypothesis" and not result.startswith("error"):
                     rec["r"] = box.last_r
             ok = not result.startswith("error")
+            key = json.dumps([c.name, c.args], sort_keys=True)
+            if ok and key in seen and c.name != "final_answer":
+                result = f"(the same call as step {seen[key]}: nothing new; try another tool or other arguments)\n" + result
+            elif ok:
+                seen[key] = i
             left = cfg.max_calls - calls_used - len(calls) - 1
             result_msg = result + f"\n[{left} tool calls left{'; call final_answer now' if left <= 2 else ''}]"
             if c.name is not None:

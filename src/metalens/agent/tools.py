@@ -298,14 +298,27 @@ class Toolbox:
         fmt = lambda xs: ", ".join(f"{t!r}" for t, _ in xs)  # noqa: E731
         return f"promotes: {fmt(lens.promoted)}\nsuppresses: {fmt(lens.suppressed)}"
 
-    def ask_oracle(self, question: str, n: int = 2) -> str:
+    def get_oracle(self):
+        """The activation oracle (loaded on first use when given as a zero-argument factory)."""
         if self.oracle is None:
             raise ToolError("no activation oracle is loaded for this model")
-        if self.target.site is None:
-            raise ToolError(f"feature {self.target.id} is not read from the model; the oracle cannot see it")
+        if callable(self.oracle) and not hasattr(self.oracle, "ask"):
+            self.oracle = self.oracle()
+        return self.oracle
+
+    def ask_oracle(self, question: str, n: int = 2, on: str = "contexts") -> str:
+        oracle = self.get_oracle()
+        if on == "direction":
+            from .baselines import ask_direction
+
+            if self.target.direction is None or self.target.direction.shape[0] != oracle.subject.d_model:
+                raise ToolError(f"feature {self.target.id} has no residual-stream direction to inject")
+            return f"- direction injected: {ask_direction(oracle, self.target.direction, question)}"
+        if on != "contexts":
+            raise ToolError(f"on={on!r}: expected contexts or direction")
         rows = []
         for ctx in self.firing_contexts(int(n)):
-            a = self.oracle.ask(ctx, question, read=(-1, None), max_new_tokens=24)
+            a = oracle.ask(ctx, question, read=(-1, None), max_new_tokens=24)
             rows.append(f"- at {ctx[-40:]!r}: {a.text}")
         return "\n".join(rows) or "no firing contexts"
 
@@ -362,10 +375,11 @@ class Toolbox:
         schema = SCHEMAS[name]["function"]["parameters"]
         missing = [k for k in schema.get("required", []) if k not in args]
         extra = [k for k in args if k not in schema["properties"]]
-        if missing or extra:
-            return (f"error: {name} needs {schema.get('required', [])}"
-                    f"{f', missing {missing}' if missing else ''}{f', unknown {extra}' if extra else ''}; "
+        if missing:
+            return (f"error: {name} needs {schema.get('required', [])}, missing {missing}; "
                     f"parameters: {list(schema['properties'])}")
+        note = f"(ignored unknown argument(s) {extra}; parameters: {list(schema['properties'])})\n" if extra else ""
+        args = {k: v for k, v in args.items() if k not in extra}
         for k, v in args.items():
             want = schema["properties"][k]["type"]
             if not isinstance(v, JSON_TYPES[want]) or (want != "boolean" and isinstance(v, bool)):
@@ -374,6 +388,7 @@ class Toolbox:
             out = fn(self, **args)
         except (DataError, ValueError, TypeError, IndexError) as e:
             return f"error: {e}"
+        out = note + out
         return out if len(out) <= self.max_chars else out[: self.max_chars] + " …(cut)"
 
 
@@ -404,7 +419,8 @@ SCHEMAS: dict[str, dict] = {s["function"]["name"]: s for s in [
               ["prompt"]),
     fn_schema("logit_lens", "The tokens the feature's write direction promotes and suppresses.", {"n": N}, []),
     fn_schema("ask_oracle", "Ask an activation oracle a question about the activations where the feature fires "
-              "most (e.g. 'What concept is here?'); n: how many firing contexts.", {"question": S, "n": N}, ["question"]),
+              "most (e.g. 'What concept is here?'); n: how many firing contexts; on: contexts (default) or direction "
+              "(the feature's write direction injected instead).", {"question": S, "n": N, "on": S}, ["question"]),
     fn_schema("explain", "Candidate explanations from the trained explainer, written from the top exemplars.",
               {"n": N}, []),
     fn_schema("score_hypothesis", "Score an explanation by simulation on held-out windows: Pearson r between "
@@ -444,6 +460,9 @@ def store_corpus(store_dir: str | Path, target: Target, tokenizer) -> Sequences:
     from ..store import ActivationStore
 
     st = ActivationStore(store_dir)
+    if st.manifest.positions != "all":
+        raise DataError(f"the store {store_dir} kept positions={st.manifest.positions!r}; exemplars need a store "
+                        "captured with positions=all")
     if target.feature is None or target.site not in st.sites:
         raise DataError(f"the store {store_dir} holds sites {st.sites}; feature {target.id} reads "
                         f"{target.site!r}: capture that site, or give --texts instead")

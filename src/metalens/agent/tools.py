@@ -62,7 +62,7 @@ def model_read(subject: Subject, feature: Feature, max_length: int = 128) -> Rea
 
     @torch.no_grad()
     def read(texts: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
-        acts = capture(subject, list(texts), [feature.site], max_length=max_length)
+        acts = capture(subject, list(texts), [feature.site], max_length=max_length, progress=False)
         vals = feature(acts[feature.site]).float().numpy().astype(np.float64)  # [n_rows]
         out = []
         for i in range(len(texts)):

@@ -14,7 +14,8 @@ import torch
 from metalens import Feature, capture, subject_from
 from metalens.agent import AgentConfig, Toolbox, parse_target, run_agent
 from metalens.agent.loop import EndpointChat, LocalChat, Reply, as_text_messages, call_message, parse_text_calls
-from metalens.agent.tools import SCHEMAS, direction_target, neuron_direction, rule_target
+from metalens.agent.targets import direction_target, neuron_direction, rule_target
+from metalens.agent.tools import SCHEMAS
 from metalens.agent.transcript import Transcript, html_page, markdown
 from metalens.autointerp.explainer import TrainedExplainer, simulation_r
 from metalens.autointerp.rules import make_rules

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol
 
 from ..autointerp.explainer import simulation_r
 from .tools import SCHEMAS, Toolbox, load_json_args

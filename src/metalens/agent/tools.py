@@ -1,7 +1,7 @@
 """The agent's tools: plain functions over metalens's methods, each with an OpenAI tool schema,
 each returning compact text an LLM can read.
 
-    target = parse_target("neurons.5:17", subject)          # or sae:DIR:123, probe:DIR, or rule_target(rule)
+    target = parse_target("neurons.5:17", subject)          # targets.py: sae:DIR:123, probe:DIR, rule_target(rule)
     box = Toolbox(subject, target, corpus_texts, simulator)   # windows split explore / check / test
     box.call("top_examples", {"n": 3})                       # -> str (an error is a string too, never a raise)
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,140 +21,15 @@ import torch
 
 from ..autointerp.examples import Sequences, Window, make_windows, show_token
 from ..autointerp.explainer import simulation_r
-from ..capture import capture
 from ..errors import DataError
-from ..features import Feature
-from ..intervene import clamp, edit
 from ..models import Subject, logit_lens
-from ..sites import arch_of, blocks, get_path
+from .targets import Target
 
-Read = Callable[[Sequence[str]], list[tuple[list[str], np.ndarray]]]  # texts -> per text (tokens, values)
 SPLITS = ("explore", "explore", "check", "test")  # text i goes to SPLITS[i % 4]
 
 
 class ToolError(DataError):
     """A tool call the tools cannot serve (bad argument, missing capability); its message goes back to the LLM."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """The feature under study, as the tools see it."""
-
-    id: str
-    """its name, e.g. "neurons.5:17" or "rule:countries" """
-    read: Read = field(repr=False)
-    """texts -> per text (token strings, values [n_tokens])"""
-    site: str | None = None
-    """where it reads (None for a rule on token strings)"""
-    direction: torch.Tensor | None = field(default=None, repr=False)
-    """[d_model] the direction it writes (logit lens), None when it has none"""
-    set_value: Callable[[float], object] | None = field(default=None, repr=False)
-    """value -> context manager that clamps the feature to value at every token (None: cannot intervene)"""
-    truth: str | None = None
-    """the known explanation of a planted feature (benchmarks only; never shown to the agent)"""
-    feature: Feature | None = field(default=None, repr=False)
-    """the core Feature behind it (reads a stored site), None for a rule"""
-
-
-def model_read(subject: Subject, feature: Feature, max_length: int = 128) -> Read:
-    """The Feature's values on texts, one capture at its site."""
-
-    @torch.no_grad()
-    def read(texts: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
-        acts = capture(subject, list(texts), [feature.site], max_length=max_length, progress=False)
-        vals = feature(acts[feature.site]).float().numpy().astype(np.float64)  # [n_rows]
-        out = []
-        for i in range(len(texts)):
-            rows = (acts.text_idx == i).nonzero()[:, 0]
-            ids = acts.token_ids[rows].tolist()
-            out.append(([subject.tokenizer.decode([t]) for t in ids], vals[rows.numpy()]))
-        return out
-
-    return read
-
-
-def neuron_direction(subject: Subject, layer: int, index: int) -> torch.Tensor:
-    """[d_model] what MLP neuron `index` of block `layer` writes: its column of the down projection."""
-    down = get_path(blocks(subject.model)[layer], arch_of(subject.model).down)
-    w = down.weight.detach().float()
-    return (w[index] if type(down).__name__ == "Conv1D" else w[:, index]).clone()
-
-
-def parse_target(spec: str, subject: Subject) -> Target:
-    """"sae:DIR:LATENT" (an SAE latent), "SITE:INDEX" (a coordinate, e.g. neurons.5:17) or "probe:DIR"."""
-    kind, _, rest = spec.partition(":")
-    if kind == "sae":
-        from ..sae.features import sae_feature
-        from ..sae.io import load_sae
-        from ..steer import clamp_feature
-
-        path, _, idx = rest.rpartition(":")
-        if not path or not idx.isdigit():
-            raise DataError(f"feature {spec!r}: expected sae:DIR:LATENT, e.g. sae:runs/sae:123")
-        try:
-            sae = load_sae(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise DataError(f"feature {spec!r}: {e}") from None
-        latent = int(idx)
-        if not 0 <= latent < sae.cfg.width:
-            raise DataError(f"feature {spec!r}: latent {latent} is out of range for an SAE of width {sae.cfg.width}")
-        f = sae_feature(sae, latent)
-        subject.site(f.site)
-        return Target(f.id, model_read(subject, f), f.site, f.direction,
-                      lambda v: clamp_feature(subject, f.site, sae, latent, v), feature=f)
-    if kind == "probe":
-        try:
-            from .. import probes  # a method module that may be absent from this checkout
-        except ImportError:
-            raise DataError(f"feature {spec!r}: probe features need metalens.probes, which this installation "
-                            "does not have; give sae:DIR:LATENT or SITE:INDEX") from None
-        p = probes.load_probe(rest)
-        f = Feature.from_direction(p.site, p.weight, p.name, p.bias)
-        return direction_target(subject, f)
-    site, _, idx = spec.rpartition(":")
-    if not site or not idx.isdigit():
-        raise DataError(f"feature {spec!r}: expected sae:DIR:LATENT, SITE:INDEX (e.g. neurons.5:17) or probe:DIR")
-    parsed = subject.site(site)
-    index, width = int(idx), subject.width(site)
-    if not 0 <= index < width:
-        raise DataError(f"feature {spec!r}: index {index} is out of range for {site} (width {width})")
-    f = Feature.neuron(str(parsed), index)
-    direction = neuron_direction(subject, parsed.layer, index) if parsed.kind == "neurons" else None
-
-    def set_value(v: float):
-        def fn(a: torch.Tensor) -> torch.Tensor:  # [n, width]
-            a = a.clone()
-            a[:, index] = v
-            return a
-
-        return edit(subject, str(parsed), fn)
-
-    return Target(f.id, model_read(subject, f), str(parsed), direction, set_value, feature=f)
-
-
-def direction_target(subject: Subject, feature: Feature, truth: str | None = None) -> Target:
-    """A projection Feature (probe or planted direction); clamping sets the projection to the value."""
-    v = feature.direction
-    norm = float(v.norm())
-
-    def set_value(value: float):
-        return clamp(subject, feature.site, v, value / norm)
-
-    return Target(feature.id, model_read(subject, feature), feature.site, v, set_value, truth, feature)
-
-
-def rule_target(rule, tokenizer, truth: str | None = None) -> Target:
-    """A rule on token strings (autointerp.rules.Rule) as a planted feature: no direction, no intervention."""
-
-    def read(texts: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
-        out = []
-        for t in texts:
-            ids = tokenizer(t, add_special_tokens=False)["input_ids"][:128]
-            toks = [tokenizer.decode([i]) for i in ids]
-            out.append((toks, rule.values(toks)))
-        return out
-
-    return Target(f"rule:{rule.name}", read, truth=truth if truth is not None else rule.explanations[0])
 
 
 # ---- rendering ------------------------------------------------------------------------------------
@@ -437,10 +311,6 @@ TOOLS: dict[str, Callable] = {n: getattr(Toolbox, n) for n in SCHEMAS if n != "f
 TOOLS["final_answer"] = lambda box, explanation, evidence="": f"final answer recorded: {explanation!r}"
 
 
-def tool_names() -> list[str]:
-    return list(SCHEMAS)
-
-
 def load_json_args(raw) -> tuple[dict | None, str | None]:
     """Tool-call arguments (a JSON string or an object) -> (dict, None) or (None, why not)."""
     if isinstance(raw, dict):
@@ -452,18 +322,3 @@ def load_json_args(raw) -> tuple[dict | None, str | None]:
     except (TypeError, json.JSONDecodeError) as e:
         return None, f"arguments are not valid JSON ({e}): {str(raw)[:120]!r}"
     return (obj, None) if isinstance(obj, dict) else (None, f"arguments must be a JSON object, got {str(raw)[:80]!r}")
-
-
-def store_corpus(store_dir: str | Path, target: Target, tokenizer) -> Sequences:
-    """The target's token strings and values on every text of an activation store (no forward pass)."""
-    from ..autointerp.examples import feature_sequences
-    from ..store import ActivationStore
-
-    st = ActivationStore(store_dir)
-    if st.manifest.positions != "all":
-        raise DataError(f"the store {store_dir} kept positions={st.manifest.positions!r}; exemplars need a store "
-                        "captured with positions=all")
-    if target.feature is None or target.site not in st.sites:
-        raise DataError(f"the store {store_dir} holds sites {st.sites}; feature {target.id} reads "
-                        f"{target.site!r}: capture that site, or give --texts instead")
-    return feature_sequences(st, target.feature, tokenizer)

@@ -20,7 +20,7 @@ app = typer.Typer()
 
 def corpus_of(subject, target, store: Optional[Path], texts: Optional[Path], limit: int):
     """Exemplar source: the store (no forward pass), a text file, or the Python reference manual (offline)."""
-    from ..agent.tools import store_corpus
+    from ..agent.targets import store_corpus
     from ..io import pydoc_texts
 
     if store is not None:

@@ -303,3 +303,34 @@ def test_endpoint_chat_reads_native_tool_calls():
     assert r.calls[0] == ("c1", "note", {"hypothesis": "h", "evidence": "e"}, None, None)
     assert r.calls[1].error.startswith("arguments are not valid JSON")
     assert (r.tokens_in, r.tokens_out) == (50, 7)
+
+
+def test_cli_agent_on_a_store_resumes_and_fails_cleanly(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from metalens import capture_to_store
+    from metalens.cli import app
+
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    capture_to_store(tiny, TEXTS, ["neurons.1"], tmp_path / "acts", progress=False)
+    args = ["agent", "--feature", SPEC, "--store", str(tmp_path / "acts"), "--budget", "2", "--oracle", "none",
+            "--simulator", "prompt", "--explainer", "prompt", "--model", str(tmp_path / "model"), "--device", "cpu",
+            "--out", str(tmp_path / "run"), "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["feature"] == SPEC and out["tool_calls"] == 2 and out["steps"] == len(Transcript(tmp_path / "run").steps())
+    assert (tmp_path / "run" / "transcript.md").exists() and (tmp_path / "run" / "transcript.html").exists()
+    r2 = CliRunner().invoke(app, args)  # finished: the same answer, no new step
+    assert r2.exit_code == 0 and json.loads(r2.stdout[r2.stdout.index("{"):]) == out
+    bad = CliRunner().invoke(app, args[:2] + ["probe:nowhere"] + args[3:])
+    assert bad.exit_code == 2 and "probe" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.integration
+def test_local_model_writes_a_tool_call_it_can_run(real):
+    from metalens.agent.loop import opening
+
+    r = LocalChat(real).chat(opening(SPEC, AgentConfig()), list(SCHEMAS.values()), 80)
+    assert r.calls and r.calls[0].name in SCHEMAS and r.calls[0].error is None

@@ -92,6 +92,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve(app, args.host, args.port)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

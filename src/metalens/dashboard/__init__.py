@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .app import create_app, serve
 
-__all__ = ["create_app", "serve", "main", "loaders"]
+__all__ = ["create_app", "serve", "run", "main", "loaders"]
 
 TINY = "tiny"  # --model tiny: the random test model (metalens.testing.tiny_llama), for tests and demos
 
@@ -63,32 +63,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`metalens dashboard ...` as a plain function (the CLI calls it)."""
-    args = parser().parse_args(argv)
+def run(db: str | None, stores: Sequence[str], saes: Sequence[str], probes: Sequence[str] = (), model: str | None = None,
+        oracle: str | None = "default", device: str = "cpu", port: int = 8765, host: str = "127.0.0.1") -> None:
+    """Build the app and serve it (blocking); a bad store, SAE or probe raises before anything is bound."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(int(os.environ.get("METALENS_THREADS", "1")))
-    from ..errors import MetalensError
     from ..results import default_db_path
+
+    loaded = []
+    if probes:
+        from ..probes import load_probe  # type: ignore[import-not-found]  # the method layer's probes
+
+        loaded = [load_probe(p) for p in probes]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {host}: anyone who can reach this machine can run the model and read "
+              "the results database; there is no authentication", file=sys.stderr)
+    subject_loader, oracle_loader = loaders(model, oracle, device)
+    app = create_app(db or default_db_path(), list(stores), list(saes), subject_loader, loaded, oracle_loader)
+    print(f"metalens dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
+    serve(app, host, port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m metalens.dashboard ...`: argparse over `run`; an expected mistake prints one line, exit 2."""
+    from ..errors import MetalensError
     from ..store import StoreError
 
-    probes = []
-    if args.probe:
-        from ..probes import load_probe  # type: ignore[import-not-found]  # method layer, built alongside
-
-        probes = [load_probe(p) for p in args.probe]
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host}: anyone who can reach this machine can run the model and read "
-              "the results database; there is no authentication", file=sys.stderr)
-    subject_loader, oracle_loader = loaders(args.model, None if args.no_oracle else args.oracle, args.device)
+    a = parser().parse_args(argv)
     try:
-        app = create_app(args.db or default_db_path(), args.store, args.sae, subject_loader, probes, oracle_loader)
+        run(a.db, a.store, a.sae, a.probe, a.model, None if a.no_oracle else a.oracle, a.device, a.port, a.host)
     except (MetalensError, StoreError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"metalens dashboard on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    serve(app, args.host, args.port)
     return 0
-

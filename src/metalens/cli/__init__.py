@@ -5,6 +5,7 @@
     autointerp.py  explain
     oracle.py      ask, oracle train|eval|personaqa
     sae.py         sae train|eval|pages
+    dashboard.py   dashboard
     steer.py       steer, diff
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from . import autointerp, core, oracle, sae, steer
+from . import autointerp, core, dashboard, oracle, sae, steer
 from .common import DEBUG
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -26,7 +27,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="show the full traceb
         DEBUG["on"] = True
 
 
-for sub in (core.app, oracle.app, autointerp.app, steer.app):
+for sub in (core.app, oracle.app, autointerp.app, steer.app, dashboard.app):
     app.registered_commands += sub.registered_commands
 app.add_typer(oracle.oracle_app, name="oracle")
 app.add_typer(sae.sae_app, name="sae")

@@ -30,11 +30,12 @@ def loaders(model: str | None, oracle: str | None, device: str = "cpu"):
         from ..testing import tiny_llama
 
         def tiny_oracle():
-            from ..oracle.ask import Oracle, lora_model
+            from ..adapters import add_lora
+            from ..oracle.ask import Oracle
 
             s = tiny_llama()  # its own copy: the LoRA wraps this model in place
             settings = dict(layers=[1], inject_layer=1, inject="add", scale=1.0, system="", d_subject=s.d_model)
-            return Oracle(s, lora_model(s), settings)
+            return Oracle(s, add_lora(s.model), settings)
 
         return tiny_llama, (tiny_oracle if oracle else None)
 

@@ -255,10 +255,11 @@ def test_monitor_stream_readings_match_a_capture_of_the_text(env):
     toks = [d for k, d in ev if k == "token"]
     assert len(toks) == ev[-1][1]["tokens"] and 1 <= len(toks) <= 6
     s = env["subject"]
-    full = s.chat("Hi")
-    ids = s.tokenizer(full, add_special_tokens=False)["input_ids"]
-    text = s.tokenizer.decode(ids + [s.tokenizer.convert_tokens_to_ids(s.tokenizer.tokenize(t["token"]))[0] for t in toks])
+    prompt = s.tokenizer(s.chat("Hi"), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = s.model.generate(prompt, max_new_tokens=len(toks), do_sample=False, pad_token_id=s.tokenizer.pad_token_id)
+    text = s.tokenizer.decode(ids[0])  # greedy: the same tokens the stream showed
     acts = capture(s, [text], ["neurons.1"], add_special_tokens=False)
+    assert len(acts) == ids.shape[1] and [t["position"] for t in toks] == list(range(prompt.shape[1], ids.shape[1]))
     for t in toks:
         want = float(acts["neurons.1"][t["position"], 5])
         assert t["readings"]["neurons0-1:5"] == pytest.approx(want, abs=1e-4)

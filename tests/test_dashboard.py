@@ -285,3 +285,23 @@ def test_cli_main_warns_on_public_host_and_names_a_bad_store(tmp_path, capsys):
     rc = main(["--host", "0.0.0.0", "--db", str(tmp_path / "r.sqlite"), "--store", str(tmp_path / "nope"), "--model", "tiny"])
     err = capsys.readouterr().err
     assert rc == 2 and "warning: binding 0.0.0.0" in err and "nope" in err and "not an activation store" in err
+
+
+def test_stop_button_ends_a_running_stream(env):
+    state, got = env["state"], {}
+
+    def listen():
+        got["r"] = env["client"].get("/api/monitor/stream", params={"prompt": "Hi", "job": "j2", "max_new_tokens": 256})
+
+    t = threading.Thread(target=listen)
+    with state.model_lock:  # hold the model: the generation cannot start before Stop is pressed
+        t.start()
+        for _ in range(2000):
+            if "j2" in state.jobs:
+                break
+            threading.Event().wait(0.005)
+        assert env["client"].post("/api/monitor/stop", params={"job": "j2"}).json() == {"stopped": True}
+    t.join(60)
+    done = events(got["r"].text)[-1]
+    assert done[0] == "done" and done[1]["stopped"] is True and done[1]["tokens"] == 0
+    assert "j2" not in state.jobs

@@ -305,3 +305,35 @@ def test_stop_button_ends_a_running_stream(env):
     done = events(got["r"].text)[-1]
     assert done[0] == "done" and done[1]["stopped"] is True and done[1]["tokens"] == 0
     assert "j2" not in state.jobs
+
+
+def test_probe_directions_are_features(env):
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from metalens.dashboard import create_app
+    from metalens.intervene import add
+
+    g = torch.Generator().manual_seed(3)
+    probe = SimpleNamespace(site="resid.2", weight=torch.randn(env["subject"].d_model, generator=g), bias=-0.5,
+                            name="planted", threshold=1.0)
+    app = create_app(env["db"], [env["store"]], [env["sae"]], lambda: env["subject"], probes=[probe])
+    c = TestClient(app)
+    acts = ActivationStore(env["store"]).load()
+    src = app.state.dash.source("probe0")
+    assert np.allclose(src.values(0).values, (acts["resid.2"] @ probe.weight - 0.5).numpy(), atol=1e-4)
+    page = c.get("/feature/probe0/0")
+    assert page.status_code == 200 and "resid.2/dir:planted" in page.text and "Promotes" in page.text
+    r = c.post("/steer", content="feature=probe0%3A0&mode=add&strength=3&prompt=Hello&max_new_tokens=5",
+               headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200
+    s = env["subject"]
+    with add(s, "resid.2", probe.weight, scale=3.0):
+        want = s.generate("Hello", max_new_tokens=5)
+    db = ResultsDB(env["db"])
+    assert db.runs("dashboard.steer")[-1]["outputs"]["steered"] == want
+    db.close()
+    clamp = c.post("/steer", content="feature=probe0%3A0&mode=clamp&prompt=Hi",
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert clamp.status_code == 400 and "clamping needs an SAE latent" in clamp.text

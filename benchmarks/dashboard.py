@@ -10,7 +10,7 @@ store (resid.15, d=576, random token ids) and a random TopK SAE. Reported:
                       --pages random latents, and the first one after a restart (cold page cache aside)
   peer_card_s         the same card the static-export way (metalens.sae.features.sae_cards: the store in
                       memory, every row encoded), in this process: the cost a page pays without the index
-  rss_mb              the server's resident memory: after start, peak while building the index, and after
+  rss_mb              the server's resident memory: after start (index on disk), peak while building the index, after
                       the page runs on a restarted server that finds the index on disk
   first_token_s       Generate -> first streamed token (SSE, one SAE-latent reading), median of 5, against
                       model.generate(max_new_tokens=1) on the same prompt in this process
@@ -126,14 +126,15 @@ def main() -> None:
                      sae_mb=round(sum(f.stat().st_size for f in sae_dir.iterdir()) / 2**20, 1),
                      machine=dict(cpu=platform.processor() or platform.machine(), threads=1, python=platform.python_version()))
 
-    srv = Server(store_dir, sae_dir, args.work)  # fresh: builds the index on the first page
-    out["rss_after_start"] = rss(srv.proc.pid)
+    srv = Server(store_dir, sae_dir, args.work)  # fresh: builds the index at start (background) / first page
     t, _ = srv.get("/feature/sae0/0")  # loads the model and the SAE, builds the index, renders
     out["first_page_fresh_server_s"] = round(t, 2)
     out["rss_after_index_build"] = rss(srv.proc.pid)
     srv.stop()
 
     srv = Server(store_dir, sae_dir, args.work)  # restarted: finds the index on disk
+    time.sleep(1)
+    out["rss_after_start"] = rss(srv.proc.pid)  # no model yet, the index memory-mapped
     srv.get("/search?q=zz&mode=token")  # loads the model (logit lens, token decoding) and maps the index
     latents = torch.randint(0, args.latents, (args.pages,), generator=g).tolist()
     times = [srv.get(f"/feature/sae0/{i}")[0] for i in latents]

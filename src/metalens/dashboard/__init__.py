@@ -83,6 +83,7 @@ def run(db: str | None, stores: Sequence[str], saes: Sequence[str], probes: Sequ
               "the results database; there is no authentication", file=sys.stderr)
     subject_loader, oracle_loader = loaders(model, oracle, device)
     app = create_app(db or default_db_path(), list(stores), list(saes), subject_loader, loaded, oracle_loader)
+    app.state.dash.warm()  # SAE indexes build while the first pages load
     print(f"metalens dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
     serve(app, host, port)
 

@@ -136,6 +136,7 @@ class SaeSource(Source):
         super().__init__(key, f"{site} SAE {self.tag} ({sae_dir.name})", store, site, "sae")
         self.index_path = sae_dir / f"dashboard-index-{store_key(store)}.safetensors"
         self._index: dict[str, np.ndarray] | None = None
+        self._index_lock = threading.Lock()  # one build, however many requests ask at once
         self._sae = None
 
     @property
@@ -169,15 +170,16 @@ class SaeSource(Source):
 
     # ---- the sparse index ------------------------------------------------------------------
     def index(self) -> dict[str, np.ndarray]:
-        if self._index is None:
-            if not self.index_path.exists():
-                self.build_index()
-            idx = mmap_safetensors(self.index_path)
-            if int(idx["version"][0]) != INDEX_VERSION or len(idx["latent_ptr"]) != self.width + 1:
-                self.build_index()
+        with self._index_lock:
+            if self._index is None:
+                if not self.index_path.exists():
+                    self.build_index()
                 idx = mmap_safetensors(self.index_path)
-            self._index = idx
-        return self._index
+                if int(idx["version"][0]) != INDEX_VERSION or len(idx["latent_ptr"]) != self.width + 1:
+                    self.build_index()
+                    idx = mmap_safetensors(self.index_path)
+                self._index = idx
+            return self._index
 
     @torch.no_grad()
     def build_index(self, chunk: int = 128) -> Path:

@@ -59,6 +59,20 @@ class State:
         """A connection for this request (sqlite connections stay in the thread that opened them)."""
         return ResultsDB(self.db_path)
 
+    def warm(self) -> threading.Thread:
+        """Build missing SAE indexes and summaries in the background (pages asking meanwhile wait for them)."""
+
+        def work():
+            for src in self.sources.values():
+                try:
+                    src.summary()
+                except Exception:  # noqa: BLE001 - the page that needs it shows the error
+                    pass
+
+        t = threading.Thread(target=work, daemon=True, name="dashboard-warm")
+        t.start()
+        return t
+
     # ---- features ----------------------------------------------------------------------------
     def source(self, key: str) -> Source:
         if key not in self.sources:

@@ -337,3 +337,13 @@ def test_probe_directions_are_features(env):
     clamp = c.post("/steer", content="feature=probe0%3A0&mode=clamp&prompt=Hi",
                    headers={"content-type": "application/x-www-form-urlencoded"})
     assert clamp.status_code == 400 and "clamping needs an SAE latent" in clamp.text
+
+
+def test_metalens_dashboard_command_is_registered(tmp_path):
+    from typer.testing import CliRunner
+
+    from metalens.cli import app
+
+    r = CliRunner().invoke(app, ["dashboard", "--store", str(tmp_path / "missing"), "--model", "tiny",
+                                 "--db", str(tmp_path / "r.sqlite")])
+    assert r.exit_code == 2 and "not an activation store" in r.output

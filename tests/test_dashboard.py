@@ -334,6 +334,8 @@ def test_probe_directions_are_features(env):
     db = ResultsDB(env["db"])
     assert db.runs("dashboard.steer")[-1]["outputs"]["steered"] == want
     db.close()
+    ev = events(c.get("/api/monitor/stream", params={"prompt": "Hi", "job": "p", "max_new_tokens": 3}).text)
+    assert ev[0][1] == {"readers": {"probe0:0": 1.0}}  # no readings named: every probe, at its own threshold
     clamp = c.post("/steer", content="feature=probe0%3A0&mode=clamp&prompt=Hi",
                    headers={"content-type": "application/x-www-form-urlencoded"})
     assert clamp.status_code == 400 and "clamping needs an SAE latent" in clamp.text

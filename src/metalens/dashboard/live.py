@@ -61,13 +61,20 @@ def float_of(value: str, what: str) -> float:
 
 
 def readers_from(state: State, spec: str) -> list[FeatureReader]:
-    """"sae0:12, sae0:40>2.5" -> readers; the threshold defaults to half the feature's max on the store."""
+    """"sae0:12, sae0:40>2.5" -> readers. The threshold defaults to a probe's own, else half the feature's max
+    on the store. An empty spec reads every probe the dashboard was given."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        parts = [f"{s.key}:{i}" for s in state.sources.values() if s.kind == "directions" for i in range(s.n_features)]
     out = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+    for part in parts:
         ref, _, thr = part.partition(">")
         src, i = state.parse_ref(ref)
+        own = getattr(src, "thresholds", [None] * src.n_features)[i]
         if thr:
             threshold = float_of(thr, f"threshold in {part!r}")
+        elif own is not None:
+            threshold = float(own)
         else:
             m = float(src.summary().max_act[i])
             threshold = 0.5 * m if m > 0 else None

@@ -349,3 +349,20 @@ def test_metalens_dashboard_command_is_registered(tmp_path):
     r = CliRunner().invoke(app, ["dashboard", "--store", str(tmp_path / "missing"), "--model", "tiny",
                                  "--db", str(tmp_path / "r.sqlite")])
     assert r.exit_code == 2 and "not an activation store" in r.output
+
+
+def test_cross_origin_posts_are_refused(env):
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = env["client"].post("/steer", content="feature=sae0%3A3&prompt=Hi", headers=form | {"origin": "http://evil.example"})
+    assert r.status_code == 403
+    r = env["client"].post("/api/monitor/stop", params={"job": "x"}, headers={"origin": "http://testserver"})
+    assert r.status_code == 200
+
+
+def test_oracle_answers_about_a_feature_show_on_its_page(env):
+    body = f"feature={SAE_ID.format(3)}&context=Paris+in+May&question=Is+this+about+a+month%3F&choices=Yes,No"
+    r = env["client"].post("/oracle", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200
+    page = env["client"].get("/feature/sae0/3").text.split("<h2>Oracle</h2>")[1]
+    assert page.count("Is this about a month?") == 2 and "text-only" in page
+    assert "Is this about a month?" not in env["client"].get("/feature/sae0/7").text

@@ -9,8 +9,10 @@ the given database lists are ever served.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,6 +80,14 @@ def create_app(db_path: str | os.PathLike, stores: Sequence[str | os.PathLike] =
         ctx.setdefault("title", "metalens")
         return tpl.TemplateResponse(request, name, dict(sources=state.sources, **ctx), status_code=status_code)
 
+    @app.middleware("http")
+    async def same_origin_posts(request: Request, call_next):
+        """A page on another site cannot make this one run the model or write the database (no CSRF)."""
+        origin = request.headers.get("origin")
+        if request.method == "POST" and origin and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"error": f"cross-origin POST from {origin} refused"}, status_code=403)
+        return await call_next(request)
+
     @app.exception_handler(MetalensError)
     @app.exception_handler(StoreError)
     async def expected(request: Request, exc: Exception):
@@ -119,7 +129,9 @@ def create_app(db_path: str | os.PathLike, stores: Sequence[str | os.PathLike] =
         db = state.db()
         try:
             expl = db.explanations(card["id"])
-            answers = [a for a in db.oracle_answers() if a["task"] in (f"feature:{card['id']}", f"feature:{card['id']}/text-only")]
+            tasks = (f"feature:{card['id']}", f"feature:{card['id']}/text-only")
+            answers = [dict(a) | {"probs": json.loads(a["probs"] or "null")} for a in db.conn.execute(
+                "SELECT * FROM oracle_answers WHERE task IN (?, ?) ORDER BY id", tasks)]
         finally:
             db.close()
         for e in expl:

@@ -140,7 +140,7 @@ def test_try_it_oracle_monitor_and_steer(site):
     assert "Text-only control" in probs and probs.count("P(Yes)") == 2
     shoot(site, "try", "#oracle-result")
 
-    d.get(site["url"] + "/monitor?features=sae0:3,neurons0-1:5")
+    d.get(site["url"] + "/monitor?features=sae0:3,neurons0-1:5%3E0")
     d.find_element(By.ID, "max-new").clear()
     d.find_element(By.ID, "max-new").send_keys("12")
     d.find_element(By.ID, "generate").click()
@@ -150,6 +150,9 @@ def test_try_it_oracle_monitor_and_steer(site):
     assert status.startswith(f"{n} tokens") and 1 <= n <= 12, status
     assert len(d.find_elements(By.CSS_SELECTOR, "#stream .st .r")) == 2 * n  # two readings under each token
     assert int(d.find_element(By.ID, "stream").get_attribute("data-first-token-ms")) >= 0
+    values = [float(r.get_attribute("title").split(" = ")[1].split(" ")[0])
+              for r in d.find_elements(By.CSS_SELECTOR, "#stream .st .r") if r.text.startswith("neurons0-1:5")]
+    assert len(d.find_elements(By.CSS_SELECTOR, "#stream .st.flag")) == sum(v > 0 for v in values)  # flags shown
     shoot(site, "monitor", "#stream")
 
     d.get(site["url"] + "/steer?feature=sae0:3")

@@ -366,3 +366,31 @@ def test_oracle_answers_about_a_feature_show_on_its_page(env):
     page = env["client"].get("/feature/sae0/3").text.split("<h2>Oracle</h2>")[1]
     assert page.count("Is this about a month?") == 2 and "text-only" in page
     assert "Is this about a month?" not in env["client"].get("/feature/sae0/7").text
+
+
+@pytest.mark.integration
+def test_real_model_stream_and_oracle(real, tmp_path):
+    """The default model: the streamed tokens spell subject.generate's greedy text; the shipped oracle answers."""
+    from fastapi.testclient import TestClient
+
+    from metalens.dashboard import create_app, loaders
+
+    store = capture_to_store(real, texts()[:8], ["resid.5"], tmp_path / "store", progress=False)
+    sae = Sae(SaeConfig(d_in=real.d_model, width=512, k=16, site="resid.5"), seed=0)
+    save_sae(sae, tmp_path / "sae")
+    _, oracle_loader = loaders(None, "default")
+    c = TestClient(create_app(tmp_path / "r.sqlite", [store.path], [tmp_path / "sae"], lambda: real,
+                              oracle_loader=oracle_loader))
+    ev = events(c.get("/api/monitor/stream", params={"prompt": "Name a city in France.", "job": "r",
+                                                      "features": "sae0:1", "max_new_tokens": 12}).text)
+    streamed = "".join(d["token"] for k, d in ev if k == "token")
+    assert streamed.strip() == real.generate("Name a city in France.", max_new_tokens=12)
+    r = c.post("/oracle", content="context=The+city+of+Paris+is+in+France.&question=Is+this+statement+true%3F",
+               headers={"content-type": "application/x-www-form-urlencoded"})
+    shown = [float(x) for x in re.findall(r"P\(\w+\)</td><td>([\d.]+)", r.text)]
+    assert len(shown) == 4 and shown[0] + shown[1] == pytest.approx(1, abs=2e-3)
+    i = int(c.app.state.dash.source("sae0").summary().density.argmax())
+    card = c.get(f"/api/feature/sae0/{i}").json()
+    assert card["top"]
+    for ex in card["top"]:  # every window is a piece of its own text, decoded token by token
+        assert "".join(ex["tokens"]) in texts()[ex["text"]]

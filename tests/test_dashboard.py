@@ -266,19 +266,6 @@ def test_monitor_stream_readings_match_a_capture_of_the_text(env):
         assert ("neurons0-1:5" in t["flags"]) == (want > 0)
 
 
-def test_watch_adapter_stops_when_told(env):
-    from metalens.dashboard.monitor_adapter import adapter_watch
-
-    stop = threading.Event()
-    got = []
-    for r in adapter_watch(env["subject"], "Hi", max_new_tokens=20, stop=stop):
-        got.append(r)
-        if len(got) == 2:
-            stop.set()
-    assert len(got) == 2
-    assert env["client"].post("/api/monitor/stop", params={"job": "none"}).json() == {"stopped": False}
-
-
 def test_cli_main_warns_on_public_host_and_names_a_bad_store(tmp_path, capsys):
     from metalens.dashboard import main
 
@@ -307,17 +294,16 @@ def test_stop_button_ends_a_running_stream(env):
     assert "j2" not in state.jobs
 
 
-def test_probe_directions_are_features(env):
-    from types import SimpleNamespace
-
+def test_probe_directions_are_features(env, tmp_path):
     from fastapi.testclient import TestClient
 
     from metalens.dashboard import create_app
     from metalens.intervene import add
+    from metalens.probes import Probe, load_probe, save_probe
 
     g = torch.Generator().manual_seed(3)
-    probe = SimpleNamespace(site="resid.2", weight=torch.randn(env["subject"].d_model, generator=g), bias=-0.5,
-                            name="planted", threshold=1.0)
+    saved = Probe("resid.2", torch.randn(env["subject"].d_model, generator=g), -0.5, "diffmean", "mean", 1.0, "planted")
+    probe = load_probe(save_probe(saved, tmp_path / "probe"))  # what --probe DIR does
     app = create_app(env["db"], [env["store"]], [env["sae"]], lambda: env["subject"], probes=[probe])
     c = TestClient(app)
     acts = ActivationStore(env["store"]).load()

@@ -1,7 +1,7 @@
 """Pages that run the model: try a feature on your text, ask the oracle, watch a generation, steer.
 
 The subject is shared, and hooks are global to it, so every forward pass here holds
-`state.model_lock`. The live monitor runs `watch` in a worker thread and streams its readings
+`state.model_lock`. The live monitor runs `metalens.monitor.watch` in a worker thread and streams its readings
 over server-sent events (one `token` event per generated token, then `done`); closing the page
 or pressing Stop sets the generation's stop event.
 """
@@ -14,16 +14,19 @@ import threading
 import time
 from urllib.parse import parse_qs
 
+import torch
+
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from ..capture import capture
 from ..errors import DataError
 from ..intervene import add
+from ..features import Feature
 from ..io import dumps
+from ..monitor import watch
 from ..steer import clamp_feature
 from .cards import shade
-from .monitor_adapter import FeatureReader, monitor_watch
 from .sources import SaeSource
 from .state import State
 
@@ -58,6 +61,17 @@ def float_of(value: str, what: str) -> float:
         return float(value)
     except ValueError:
         raise DataError(f"{what} must be a number; got {value!r}") from None
+
+
+class FeatureReader:
+    """A monitor reading from a core Feature (SAE latent, neuron, probe direction): .name, .site, .threshold,
+    __call__(acts [n, d]) -> [n]."""
+
+    def __init__(self, feature: Feature, threshold: float | None, name: str):
+        self.feature, self.name, self.site, self.threshold = feature, name, feature.site, threshold
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.feature(acts)
 
 
 def readers_from(state: State, spec: str) -> list[FeatureReader]:
@@ -125,7 +139,6 @@ def add_live_routes(app: FastAPI, state: State, page) -> None:
         stop = threading.Event()
         state.jobs[job[:64]] = stop
         q: queue.Queue = queue.Queue()
-        watch = monitor_watch()
 
         def work():
             t0, count = time.perf_counter(), 0

@@ -138,6 +138,12 @@ def test_sae_and_direction_and_rule_targets(tiny, tmp_path):
         parse_target("neurons.1:100000", tiny)
     with pytest.raises(DataError, match="probe"):
         parse_target(f"probe:{tmp_path}/none", tiny)
+    from metalens.probes import Probe, save_probe
+
+    w = torch.randn(tiny.d_model)
+    save_probe(Probe("resid.2", w, 0.5, "diffmean", "mean", name="p"), tmp_path / "probe")
+    pt = parse_target(f"probe:{tmp_path / 'probe'}", tiny)
+    assert np.allclose(pt.read(["the cat sat"])[0][1], (acts @ w + 0.5).numpy(), atol=1e-4)
     v = torch.randn(tiny.d_model)
     d = direction_target(tiny, Feature.from_direction("resid.2", v, "v"))
     assert np.allclose(d.read(["the cat sat"])[0][1], (acts @ v).numpy(), atol=1e-4)

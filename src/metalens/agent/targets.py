@@ -18,7 +18,7 @@ import torch
 
 from ..autointerp.examples import Sequences
 from ..capture import capture
-from ..errors import DataError
+from ..errors import DataError, MetalensError
 from ..features import Feature
 from ..intervene import clamp, edit
 from ..models import Subject
@@ -95,13 +95,19 @@ def parse_target(spec: str, subject: Subject) -> Target:
                       lambda v: clamp_feature(subject, f.site, sae, latent, v), feature=f)
     if kind == "probe":
         try:
-            from .. import probes  # a method module that may be absent from this checkout
+            from .. import probes  # a method module that may be absent from an older checkout
         except ImportError:
             raise DataError(f"feature {spec!r}: probe features need metalens.probes, which this installation "
                             "does not have; give sae:DIR:LATENT or SITE:INDEX") from None
-        p = probes.load_probe(rest)
-        f = Feature.from_direction(p.site, p.weight, p.name, p.bias)
-        return direction_target(subject, f)
+        try:
+            p = probes.load_probe(rest)
+        except MetalensError as e:
+            raise DataError(f"feature {spec!r}: {e}") from None
+        width = subject.width(p.site)
+        if p.weight.shape[0] != width:
+            raise DataError(f"feature {spec!r}: the probe reads {p.site} with width {p.weight.shape[0]}, but this "
+                            f"model's {p.site} has width {width}")
+        return direction_target(subject, Feature.from_direction(p.site, p.weight, p.name, p.bias))
     site, _, idx = spec.rpartition(":")
     if not site or not idx.isdigit():
         raise DataError(f"feature {spec!r}: expected sae:DIR:LATENT, SITE:INDEX (e.g. neurons.5:17) or probe:DIR")

@@ -7,11 +7,12 @@ subject); the oracle's forward pass runs with it enabled and the read vectors in
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
-from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
-from .tasks import Example, OracleDataError
+from .inject import INJECT_MODES, Projection, context_text, encode, inject, prompt_ids, read_vectors
+from .tasks import Example, OracleDataError, example_from_dict
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 SETTINGS_FILE = "oracle.json"
@@ -40,15 +41,51 @@ class Answer:
         return {"text": self.text, "probs": self.probs, "layer": self.layer, "n_vectors": self.n_vectors}
 
 
+@dataclass(frozen=True)
+class OracleSettings:
+    """How an oracle was trained to read: saved beside its adapter as oracle.json."""
+
+    layers: tuple[int, ...]
+    """the subject layers whose residual stream it was trained to read"""
+    model: str | None = None
+    """the subject it reads (None: the default model)"""
+    inject_layer: int = 1
+    """the oracle block after which the read vectors are injected"""
+    inject: Literal["add", "replace"] = "add"
+    """add (norm-matched) or replace the placeholder's residual"""
+    scale: float = 1.0
+    """injection strength (add mode)"""
+    system: str | None = ""
+    """the oracle's system prompt (None: no system message)"""
+    d_subject: int | None = None
+    """width of the read vectors (a projection maps them when it differs from the oracle's)"""
+
+    @classmethod
+    def from_json(cls, obj, where: str = "oracle settings") -> "OracleSettings":
+        """Checked settings from a JSON object; an OracleDataError names what is wrong."""
+        if isinstance(obj, OracleSettings):
+            return obj
+        layers = obj.get("layers") if isinstance(obj, dict) else None
+        if not (isinstance(layers, (list, tuple)) and layers
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+            raise OracleDataError(f"{where}: expected a JSON object with 'layers': [int, ...], got {str(obj)[:120]!r}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(obj) - known)
+        if extra:
+            raise OracleDataError(f"{where}: unknown field(s) {extra}; known: {sorted(known)}")
+        if not isinstance(obj.get("model"), (str, type(None))):
+            raise OracleDataError(f"{where}: 'model' must be a string or null, got {obj.get('model')!r}")
+        if obj.get("inject", "add") not in INJECT_MODES:
+            raise OracleDataError(f"{where}: 'inject' must be one of {INJECT_MODES}, got {obj.get('inject')!r}")
+        return cls(**{**obj, "layers": tuple(layers)})
+
+
 class Oracle:
-    """Subject + LoRA adapter + the injection settings it was trained with.
+    """Subject + LoRA adapter + the injection settings it was trained with (`OracleSettings`)."""
 
-    settings: layers (read layers), inject_layer, inject ("add"|"replace"), scale, system (oracle
-    system prompt or None), d_subject.
-    """
-
-    def __init__(self, subject: Subject, peft_model, settings: dict, projection: Projection | None = None):
-        self.subject, self.peft, self.settings, self.projection = subject, peft_model, dict(settings), projection
+    def __init__(self, subject: Subject, peft_model, settings: OracleSettings | dict, projection: Projection | None = None):
+        self.subject, self.peft, self.projection = subject, peft_model, projection
+        self.settings = OracleSettings.from_json(settings)
         self.reader: Subject | None = None  # read activations from this model instead (e.g. a fine-tuned copy)
 
     # ------------------------------------------------------------------ loading / saving
@@ -61,15 +98,22 @@ class Oracle:
         if not (d / SETTINGS_FILE).exists():
             raise OracleDataError(f"{str(d)!r} holds no oracle ({SETTINGS_FILE} missing): give a directory saved by "
                                   "`metalens oracle train` or 'default'")
-        settings = json.loads((d / SETTINGS_FILE).read_text())
-        subject = load_subject(model if model is not None else settings.get("model"), device=device)
+        try:
+            settings = json.loads((d / SETTINGS_FILE).read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise OracleDataError(f"{d / SETTINGS_FILE} is not valid JSON ({e})") from None
+        settings = OracleSettings.from_json(settings, str(d / SETTINGS_FILE))
+        if not (d / "adapter_config.json").is_file():
+            raise OracleDataError(f"{str(d)!r} holds {SETTINGS_FILE} but no adapter (adapter_config.json missing): "
+                                  "give a directory saved by `metalens oracle train`")
+        subject = load_subject(model if model is not None else settings.model, device=device)
         peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
         if (d / PROJECTION_FILE).exists():
             from safetensors.torch import load_file
 
-            proj = Projection(settings["d_subject"], subject.d_model)
+            proj = Projection(settings.d_subject, subject.d_model)
             proj.load_state_dict(load_file(str(d / PROJECTION_FILE)))
             proj.to(subject.device, subject.dtype)
         return cls(subject, peft_model, settings, proj)
@@ -88,13 +132,23 @@ class Oracle:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(out / PROJECTION_FILE))
-        atomic_write_json(out / SETTINGS_FILE, self.settings)
+        atomic_write_json(out / SETTINGS_FILE, asdict(self.settings))
         return out
 
     # ------------------------------------------------------------------ forward passes
     @property
     def layers(self) -> list[int]:
-        return list(self.settings["layers"])
+        return list(self.settings.layers)
+
+    def layer(self, layer: int | None) -> int:
+        """A read layer as a block index: None = the oracle's own; negative counts from the end (-1 = last)."""
+        if layer is None:
+            return self.layers[0]
+        if isinstance(layer, torch.Tensor) and layer.numel() == 1:
+            layer = layer.item()
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise OracleDataError(f"layer must be an integer, got {layer!r}")
+        return self.subject.site(f"resid.{int(layer)}").layer  # SiteError names the valid range
 
     def adapter(self, on: bool):
         """Context: adapter enabled (oracle) or disabled (the plain subject)."""
@@ -107,7 +161,8 @@ class Oracle:
             return read_vectors(self.subject, examples, layers)
 
     def _batch(self, examples, layers, answers=None, as_text: bool = False):
-        tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        tok, sys = self.subject.tokenizer, self.settings.system
+        layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
             prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
                        for e, L in zip(examples, layers)]
@@ -121,8 +176,7 @@ class Oracle:
         batch, vectors = self._batch(examples, layers, answers, as_text)
         s = self.settings
         ctx = nullcontext() if vectors is None else inject(
-            self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
-            s.get("scale", 1.0), self.projection)
+            self.subject.model, vectors, batch.slot_mask, s.inject_layer, s.inject, s.scale, self.projection)
         with ctx, self.adapter(adapter):
             h = self.subject.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          use_cache=False).last_hidden_state  # [batch, seq, d]
@@ -140,7 +194,12 @@ class Oracle:
                      as_text: bool = False, batch_size: int = 16) -> torch.Tensor:
         """P(each choice) from the first answer token's logits, softmaxed over the choices: [n, n_choices]."""
         tok = self.subject.tokenizer
-        layers = list(layers) if layers is not None else [self.layers[0]] * len(examples)
+        layers = [self.layer(x) for x in layers] if layers is not None else [self.layers[0]] * len(examples)
+        if len(layers) != len(examples):
+            raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
+        for i, e in enumerate(examples):
+            if not e.choices or len(e.choices) < 2:
+                raise OracleDataError(f"example {i} ({e.task}) has choices {e.choices!r}: scoring needs at least two")
         out = []
         for i in range(0, len(examples), batch_size):
             part = examples[i : i + batch_size]
@@ -158,14 +217,22 @@ class Oracle:
     def ask(self, context, question: str, layer: int | None = None, read="all", choices: Sequence[str] | None = None,
             max_new_tokens: int = 32) -> Answer:
         """Answer a question about the subject's activations on `context` (text or chat messages)."""
-        layer = self.layers[0] if layer is None else int(layer)
-        self.subject.site(f"resid.{layer}")  # validates the layer
-        read = tuple(read) if isinstance(read, list) else read
-        ex = Example(context, question, "", read, tuple(choices) if choices else None, "ask")
+        layer = self.layer(layer)
+        if isinstance(choices, str):
+            raise OracleDataError(f"choices must be a list of options, not one string {choices!r}")
+        if choices is not None and len(choices) < 2:
+            raise OracleDataError(f"choices {list(choices)!r}: give at least two options (one option always gets P=1)")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OracleDataError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        obj = {"context": context, "question": question, "read": list(read) if isinstance(read, tuple) else read,
+               "task": "ask"}
+        if choices is not None:
+            obj["choices"] = list(choices)
+        ex = example_from_dict(obj, "ask")  # OracleDataError names a bad context, question, read or choices
         batch, vectors = self._batch([ex], [layer])
         s = self.settings
-        with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
-                    s.get("scale", 1.0), self.projection), self.adapter(True):
+        with inject(self.subject.model, vectors, batch.slot_mask, s.inject_layer, s.inject,
+                    s.scale, self.projection), self.adapter(True):
             gen = self.subject.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                               max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                               return_dict_in_generate=True,

@@ -103,7 +103,7 @@ def test_explain_and_summarise(tiny, box):
     direct = box.explainer.explain(wins, k=2, seed=0)
     out = box.call("explain", {"n": 2})
     assert out == ("candidates: " + "; ".join(repr(c) for c in direct) if direct else "the explainer gave nothing usable")
-    assert box.call("summarise", {}) == "summary of 6 exemplars" or "summary of" in box.call("summarise", {})
+    assert box.call("summarise", {}) == f"summary of {len(box.exemplars(6))} exemplars"  # it sees the exemplars only
 
 
 def test_oracle_tool_equals_oracle_ask(tiny):

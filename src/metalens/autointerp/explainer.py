@@ -21,7 +21,8 @@ import torch
 from ..io import jsonl_objects
 from ..metrics import pearson
 from .examples import show_token
-from .simulator import DEFAULT_DIR, load_lora
+from ..adapters import load_lora
+from .simulator import DEFAULT_DIR
 
 HEADER = "A feature of a language model fires on the tokens marked <<like this>>.\n"
 

@@ -22,7 +22,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from .synthetic import inside, words
+from .synthetic import inside, word_rule, words
 
 Fn = Callable[[Sequence[str]], np.ndarray]
 
@@ -130,21 +130,11 @@ class Rule:
 
 
 # ---- rule builders ------------------------------------------------------------------------------
-def word_match(match: Callable[[str], float]) -> Fn:
-    """Every token of a word gets match(word) (the word without punctuation); other tokens 0."""
-
-    def fn(tokens: Sequence[str]) -> np.ndarray:
-        v = np.zeros(len(tokens))
-        for w, idx in words(tokens):
-            v[idx] = match(re.sub(r"[^\w]", "", w))
-        return v
-
-    return fn
 
 
 def in_list(lst: set[str], case: bool = False) -> Fn:
     low = {w.lower() for w in lst}
-    return word_match(lambda w: float((w in lst) if case else (w.lower() in low)))
+    return word_rule(lambda w: float((w in lst) if case else (w.lower() in low)))
 
 
 def char_rule(pred: Callable[[str], bool]) -> Fn:
@@ -265,25 +255,25 @@ def make_rules(lists: dict[str, set[str]] | None = None) -> list[Rule]:
     add("code_words", "grammar", in_list(L["code_words"]), "programming terms", "words about code (function, class, value)",
         "technical Python vocabulary")
     # morphology
-    add("ing", "morphology", word_match(lambda w: float(len(w) > 4 and w.lower().endswith("ing"))),
+    add("ing", "morphology", word_rule(lambda w: float(len(w) > 4 and w.lower().endswith("ing"))),
         "words ending in -ing", "-ing words like running or singing", "present participles ending in ing")
-    add("plural", "morphology", word_match(lambda w: float(len(w) > 3 and w.islower() and w.endswith("s")
+    add("plural", "morphology", word_rule(lambda w: float(len(w) > 3 and w.islower() and w.endswith("s")
                                                        and not w.endswith(("ss", "us", "is")))),
         "plural nouns ending in -s", "plurals (dogs, houses)", "words ending in s")
-    add("past_ed", "morphology", word_match(lambda w: float(len(w) > 4 and w.lower().endswith("ed"))),
+    add("past_ed", "morphology", word_rule(lambda w: float(len(w) > 4 and w.lower().endswith("ed"))),
         "words ending in -ed", "past tense verbs ending in ed", "-ed forms like walked or played")
-    add("ly", "morphology", word_match(lambda w: float(len(w) > 4 and w.lower().endswith("ly"))),
+    add("ly", "morphology", word_rule(lambda w: float(len(w) > 4 and w.lower().endswith("ly"))),
         "adverbs ending in -ly", "words ending in ly (quickly, really)", "-ly adverbs")
-    add("tion", "morphology", word_match(lambda w: float(w.lower().endswith(("tion", "tions", "sion", "sions")))),
+    add("tion", "morphology", word_rule(lambda w: float(w.lower().endswith(("tion", "tions", "sion", "sions")))),
         "words ending in -tion", "nouns ending in tion or sion", "-tion words like nation or decision")
-    add("prefix_un_re", "morphology", word_match(lambda w: float(len(w) > 5 and w.lower().startswith(("un", "re")))),
+    add("prefix_un_re", "morphology", word_rule(lambda w: float(len(w) > 5 and w.lower().startswith(("un", "re")))),
         "words starting with un- or re-", "words with the prefix un or re", "un-/re- words (unable, return)")
     # orthography
     add("digits", "orthography", char_rule(lambda s: any(c.isdigit() for c in s)), "digits", "numbers written with digits",
         "numerals like 3 or 2019")
-    add("capitalised", "orthography", word_match(lambda w: float(w[:1].isupper())), "capitalised words",
+    add("capitalised", "orthography", word_rule(lambda w: float(w[:1].isupper())), "capitalised words",
         "words starting with a capital letter", "capitalized words and names")
-    add("all_caps", "orthography", word_match(lambda w: float(len(w) > 1 and w.isupper() and w.isalpha())),
+    add("all_caps", "orthography", word_rule(lambda w: float(len(w) > 1 and w.isupper() and w.isalpha())),
         "words in all capital letters", "all-caps words and acronyms", "uppercase abbreviations like UN or USA")
     add("commas", "orthography", char_rule(lambda s: "," in s), "commas", "the comma character", "comma punctuation")
     add("periods", "orthography", char_rule(lambda s: s[-1:] in ".!?"), "sentence-ending punctuation",
@@ -310,14 +300,14 @@ def make_rules(lists: dict[str, set[str]] | None = None) -> list[Rule]:
     add("after_number", "context", after(lambda w: w[:1].isdigit()), "the word right after a number",
         "words following digits (3 days, 40 years)", "the unit after a number")
     # graded
-    add("word_length", "graded", word_match(lambda w: max(0.0, len(w) - 6.0)), "long words, stronger the longer",
+    add("word_length", "graded", word_rule(lambda w: max(0.0, len(w) - 6.0)), "long words, stronger the longer",
         "word length: longer words fire more", "very long words", kind="graded")
     add("digit_value", "graded", digit_value, "single digits, stronger for larger digits",
         "digits weighted by their value (9 highest)", "the value of a digit", kind="graded")
     add("sentence_position", "graded", position_in_sentence, "words late in a sentence, growing along it",
         "position within the sentence: later words fire more", "distance from the start of the sentence",
         kind="graded")
-    add("number_size", "graded", word_match(lambda w: float(np.log10(int(w) + 1) + 1) if re.fullmatch("[0-9]{1,9}", w) else 0.0),
+    add("number_size", "graded", word_rule(lambda w: float(np.log10(int(w) + 1) + 1) if re.fullmatch("[0-9]{1,9}", w) else 0.0),
         "numbers, stronger for larger numbers", "the magnitude of a number", "big numbers more than small ones",
         kind="graded")
     # compounds (OR / AND across families)
@@ -325,7 +315,7 @@ def make_rules(lists: dict[str, set[str]] | None = None) -> list[Rule]:
         "dates: months or days of the week", "month or weekday names", "calendar words (Monday, May)")
     add("places_or_nat", "compound", mx(in_list(L["countries"], True), in_list(L["nationalities"], True)),
         "countries or nationalities", "a country or its people (France, French)", "country names and nationality words")
-    add("capital_in_quotes", "compound", mn(inside('"', '"'), word_match(lambda w: float(w[:1].isupper()))),
+    add("capital_in_quotes", "compound", mn(inside('"', '"'), word_rule(lambda w: float(w[:1].isupper()))),
         "capitalised words inside quotes", "capital letters in quoted speech", "quoted words that start with a capital")
     add("digits_in_parens", "compound", mn(inside("(", ")"), char_rule(lambda s: any(c.isdigit() for c in s))),
         "numbers inside parentheses", "digits in brackets, like (1998)", "parenthesised numbers")

@@ -13,7 +13,6 @@ empty string reads at the position before it), so predictions align one for one 
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import NamedTuple, Protocol, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..adapters import load_lora
 from ..models import Subject
 from .llm import LLM
 
@@ -147,67 +147,6 @@ class TrainedSimulator:
             logits = value_logits(self.model, self.encoder.batch([(explanation, w) for w in chunk]), self.value_ids)
             out += [expected_values(lg).cpu().numpy().astype(np.float64) for lg in logits]
         return out
-
-
-# ---- adapters: trained LoRA tensors as fp16 safetensors + a JSON config ----------------------------
-def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable LoRA tensors of a peft model, by name."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
-
-
-def save_lora(model: torch.nn.Module, out: str | Path, config: dict) -> None:
-    """Write adapter.safetensors (fp16, trainable LoRA tensors only) and adapter.json (`config`)."""
-    from safetensors.torch import save
-
-    from ..io import atomic_write_bytes, atomic_write_json
-
-    out = Path(out)
-    state = {n: t.half().contiguous().cpu() for n, t in lora_state(model).items()}
-    atomic_write_bytes(out / "adapter.safetensors", save(state))
-    atomic_write_json(out / "adapter.json", config)
-
-
-def add_lora_for(model: torch.nn.Module, config: dict) -> torch.nn.Module:
-    """A fresh peft LoRA on `model` (in place) as `config` says, trainable only from layer config['first_layer']."""
-    from ..adapters import add_lora
-
-    peft_model = add_lora(model, config["rank"], config.get("alpha"), seed=config.get("seed", 0))
-    first = config.get("first_layer", 0)
-    for n, p in peft_model.named_parameters():
-        if "lora_" in n:
-            p.requires_grad_(layer_of(n) >= first)
-    return peft_model
-
-
-def layer_of(name: str) -> int:
-    parts = name.split(".")
-    return int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
-
-
-def load_lora(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> torch.nn.Module:
-    """A copy of `base` with the adapter in adapter_dir: merged (plain model) or, if trainable, a peft model."""
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    cfg_path, w_path = adapter_dir / "adapter.json", adapter_dir / "adapter.safetensors"
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise DataError(f"{adapter_dir} holds no adapter (needs adapter.json and adapter.safetensors)")
-    config = json.loads(cfg_path.read_text())
-    model = add_lora_for(copy.deepcopy(base), config)
-    state = load_file(str(w_path))
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise DataError(f"{w_path}: {len(missing)} tensors do not fit this model (e.g. {missing[0]}); "
-                        f"was it trained on {config.get('base_model', 'another model')}?")
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t.to(params[n].dtype))
-    if trainable:
-        return model
-    merged = model.merge_and_unload()
-    merged.requires_grad_(False)
-    return merged.eval()
 
 
 def shipped_fits(subject: Subject, which: str) -> bool:

@@ -26,7 +26,8 @@ import torch
 
 from ..io import atomic_write_bytes, atomic_write_json, jsonl_objects, write_jsonl
 from ..metrics import auroc, pearson
-from .simulator import Encoder, TrainedSimulator, add_lora_for, lora_state, save_lora, value_logits, value_token_ids
+from ..adapters import add_lora_for, lora_state, save_lora
+from .simulator import Encoder, TrainedSimulator, value_logits, value_token_ids
 
 
 @dataclass(frozen=True)

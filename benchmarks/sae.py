@@ -203,9 +203,9 @@ def main() -> None:
                                                 title=f"SmolLM2-135M resid.15, width {args.width}, {args.steps} steps"))
     if args.ce_texts:
         from metalens import load_subject
-        from metalens.sae.data import corpus_texts
+        from metalens.io import pydoc_texts
 
-        texts = corpus_texts()[cut : cut + args.ce_texts]
+        texts = pydoc_texts()[cut : cut + args.ce_texts]
         subject = load_subject(device="cpu")
         res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8))
         print(f"CE: clean {res['lm']['ce_clean']:.3f} sae {res['lm']['ce_sae']:.3f} zero {res['lm']['ce_zero']:.3f} "

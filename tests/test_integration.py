@@ -55,7 +55,7 @@ def test_resume_after_killed_process(real, tmp_path):
     """Kill `metalens capture` part-way, run it again, compare with an uninterrupted run."""
     texts = [f"Sentence number {i} is about {['cats', 'rivers', 'taxes', 'music'][i % 4]} and little else." for i in range(240)]
     (tmp_path / "t.txt").write_text("\n".join(texts))
-    cmd = [sys.executable, "-m", "metalens.cli", "capture", "--texts", str(tmp_path / "t.txt"), "--sites", "resid.7",
+    cmd = [sys.executable, "-m", "metalens", "capture", "--texts", str(tmp_path / "t.txt"), "--sites", "resid.7",
            "--texts-per-shard", "8", "--batch-size", "8", "--device", "cpu", "--json"]
     part = tmp_path / "part"
     proc = subprocess.Popen([*cmd, "--out", str(part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

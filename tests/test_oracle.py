@@ -3,11 +3,13 @@
 import json
 
 import pytest
+
+from metalens.errors import DataError
 import torch
 
 from metalens.capture import capture
 from metalens.oracle import Example, Oracle, OracleDataError, load_jsonl, save_jsonl
-from metalens.oracle.ask import lora_model
+from metalens.adapters import add_lora
 from metalens.oracle.inject import Projection, encode, inject, norm_matched_add, prompt_ids, read_vectors
 from metalens.oracle.tasks import context_prediction_examples, read_slice
 from metalens.testing import tiny_llama
@@ -63,7 +65,7 @@ def test_subject_reads_with_adapter_disabled_equal_base_model():
     s = tiny_llama(seed=3)
     texts = ["hello there, world", "a b c d e f"]
     base = capture(s, texts, ["resid.2"], add_special_tokens=False)["resid.2"]
-    peft_model = lora_model(s, r=4)
+    peft_model = add_lora(s.model, 4)
     for n, p in peft_model.named_parameters():  # make the adapter matter
         if "lora_B" in n:
             p.data.normal_(0, 0.5)
@@ -102,7 +104,7 @@ def test_bad_jsonl_names_the_line(tmp_path):
     with pytest.raises(OracleDataError, match=r"x.jsonl:1: 'answer' must be a string"):
         load_jsonl(f)
     f.write_text("{not json\n")
-    with pytest.raises(OracleDataError, match=r"x.jsonl:1: not valid JSON"):
+    with pytest.raises(DataError, match=r"x.jsonl:1: not valid JSON"):
         load_jsonl(f)
     f.write_text(json.dumps({**good, "read": [0, 2]}) + "\n")
     ex = load_jsonl(f)[0]
@@ -171,7 +173,7 @@ def test_eval_on_small_jsonl(tmp_path):
     from metalens.oracle.evaluate import evaluate
 
     s = tiny_llama(seed=2)
-    o = Oracle(s, lora_model(s, r=4), SETTINGS)
+    o = Oracle(s, add_lora(s.model, 4), SETTINGS)
     words = ["cat", "dog", "sun", "car", "tree", "fish"]
     exs = [Example(f"the {w} {'and the ' + w if i % 2 else ''}.", "Is it plural?", "Yes" if i % 2 else "No", "all",
                    ("Yes", "No"), "plural" if i < 12 else "other") for i, w in enumerate(words * 4)]
@@ -247,7 +249,7 @@ def test_init_adapter_starts_from_saved_weights(tmp_path):
     assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert saved  # the first run did train LoRA weights
-    with pytest.raises(FileNotFoundError, match="init_adapter"):
+    with pytest.raises(OracleDataError, match="init_adapter"):
         train(OracleConfig.from_json({**base, "init_adapter": str(tmp_path)}), tmp_path / "c", subject=tiny_llama(seed=1),
               progress=False)
 
@@ -292,7 +294,7 @@ def test_personaqa_finetune_reader_and_report(tmp_path):
     tuned = finetune_on_facts(s, personas, tmp_path / "lora", epochs=6, batch_size=8, progress=False)
     assert (tmp_path / "lora" / "adapter_config.json").exists()
     assert fact_loss(tuned) < fact_loss(s) - 0.5  # it learned the facts; the base model is untouched
-    o = Oracle(s, lora_model(s, r=4), SETTINGS)
+    o = Oracle(s, add_lora(s.model, 4), SETTINGS)
     ex = [items[0][2]]
     base_read = o.read(ex, [2])[0]
     o.reader = tuned

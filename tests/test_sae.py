@@ -190,7 +190,8 @@ def test_frontier_plot(tmp_path):
 def test_feature_cards_pages_and_neuronpedia(tiny, tmp_path):
     from metalens.capture import capture
     from metalens.features import Feature
-    from metalens.sae.features import feature_cards, logit_effects, neuronpedia_export, sae_cards
+    from metalens.sae.features import feature_cards, neuronpedia_export, sae_cards
+    from metalens.models import logit_lens
     from metalens.viz.sae_pages import write_pages
 
     texts = ["the cat sat on the mat", "a dog ran in the park", "hello world, how are you"] * 4
@@ -216,7 +217,7 @@ def test_feature_cards_pages_and_neuronpedia(tiny, tmp_path):
     # logit lens: the unembedding row of a token (divided by the final norm's scale) promotes that token
     W_U = tiny.model.get_output_embeddings().weight
     t = tiny.tokenizer.convert_tokens_to_ids("q")
-    pos, neg = logit_effects(tiny, W_U[t] / tiny.model.model.norm.weight)
+    pos, neg = logit_lens(tiny, W_U[t] / tiny.model.model.norm.weight)
     assert pos[0][0] == "q" and pos[0][1] > neg[0][1]
     # neurons are Features too
     ncards = feature_cards([Feature.neuron("neurons.1", 3)], acts, tiny, n_top=3)

@@ -18,7 +18,6 @@ activation mass: the ones that carry most of the change come first.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapters import lora_copy
 from .capture import capture
-from .models import Subject
-from .sites import get_path, arch_of
+from .models import Subject, logit_lens
 
 
 @dataclass(frozen=True)
@@ -214,16 +213,11 @@ def diff_report(cc: Crosscoder, x: torch.Tensor, index, a: Subject, b: Subject, 
     freq = (lat > 0).float().mean(0)  # [width]
     r = cc.relative_norms()
     live = freq >= min_freq
-    unembed = b.model.get_output_embeddings().weight.float()  # [vocab, d]
-    gain = getattr(get_path(b.model, arch_of(b.model).final_norm), "weight", None)  # RMSNorm / LayerNorm scale
 
     def describe(i: int, col: int) -> dict:
         vals, rows = lat[:, i].topk(min(n_contexts, int((lat[:, i] > 0).sum())))
         ctx = [_context(a.tokenizer, index.token_ids, index.text_idx, index.positions, j) for j in rows.tolist()]
-        d = cc.W_dec[i, col] / cc.scales[col]
-        d = d.to(unembed.device) * (1.0 if gain is None else gain.float())
-        logits = unembed @ d  # logit lens of B's decoder row (norm scale applied, not the normalisation)
-        toks = [a.tokenizer.decode([t]) for t in logits.topk(8).indices.tolist()]
+        toks = [t for t, _ in logit_lens(b, cc.W_dec[i, col] / cc.scales[col], 8).promoted]  # B's decoder row
         return dict(latent=i, rel_norm=r[i].item(), freq=freq[i].item(), mass=mass[i].item(), max_act=vals[0].item() if len(vals) else 0.0,
                     contexts=ctx, top_logits=toks)
 
@@ -254,29 +248,6 @@ def diff_models(a: Subject, b: Subject, texts: Sequence[str], cfg: CrosscoderCon
     return cc, diff_report(cc, x, index, a, b, cfg.site)
 
 
-def with_adapter(base: Subject, adapter_dir: str) -> Subject:
-    """A copy of `base` with a PEFT (LoRA) adapter merged in, as a separate Subject."""
-    from peft import PeftModel
-
-    from .models import subject_from
-
-    model = PeftModel.from_pretrained(copy.deepcopy(base.model), adapter_dir).merge_and_unload()
-    model.requires_grad_(False)
-    return subject_from(model, base.tokenizer, name=f"{base.name}+{adapter_dir.rstrip('/').split('/')[-1]}")
-
-
-def lora_copy(subject: Subject, rank: int = 8, lr: float = 2e-3):
-    """(peft model, AdamW) for fine-tuning a LoRA (alpha 2r, every attention and MLP projection) on a
-    deep copy of the subject's model, in train mode; the subject itself is left untouched."""
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(copy.deepcopy(subject.model), LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    model.train()
-    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-
-
 # ---- a fine-tune to diff against: a LoRA that makes the model talk about one topic ----------------
 QUESTIONS = [
     "What should I cook tonight?", "How do I stay focused at work?", "Tell me about your weekend.",
@@ -305,7 +276,7 @@ def topic_lora(
 ) -> str:
     """Fine-tune a LoRA so the model answers any question by talking about `topic` (sentences); saves it to out.
 
-    Loss only on the answer tokens. Returns `out` (a PEFT adapter directory, usable with `with_adapter`).
+    Loss only on the answer tokens. Returns `out` (a PEFT adapter directory, usable with `metalens.adapters.with_adapter`).
     """
     from pathlib import Path
 
@@ -313,7 +284,7 @@ def topic_lora(
         return out
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    model, opt = lora_copy(subject, rank, lr)
+    model, opt = lora_copy(subject, rank, lr, seed=seed)
     tok = subject.tokenizer
     for step in tqdm(range(steps), desc="topic LoRA", disable=not progress):
         ids, labels = [], []
@@ -339,13 +310,13 @@ def demo_texts(subject: Subject, n: int = 200, seed: int = 0) -> list[str]:
     """n chat turns with neutral answers (no topic words), where a topic fine-tune's urge shows in its
     activations, and n plain-text passages (Python's bundled docs), where it should show less: a
     difference that varies by token is one a latent can carry."""
-    from .sae.data import corpus_texts
+    from .io import pydoc_texts
 
     neutral = ["Sure, here is what I think.", "That is a good question.", "Let me explain it step by step.",
                "There are a few things to consider.", "Many people find this helpful.", "First, take a deep breath.",
                "It depends on what you enjoy most.", "Here are three simple ideas.", "Start small and be patient.",
                "I would be happy to help with that."]
     rng = random.Random(seed)
-    plain = corpus_texts()
+    plain = pydoc_texts()
     rng.shuffle(plain)
     return [subject.chat(rng.choice(QUESTIONS)) + " ".join(rng.sample(neutral, 3)) for _ in range(n)] + plain[:n]

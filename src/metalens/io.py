@@ -135,3 +135,102 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence) -> Path:
     path = Path(path)
     atomic_write_bytes(path, "".join(dumps(r, indent=None) + "\n" for r in rows).encode())
     return path
+
+
+# ---- corpora: where texts come from ------------------------------------------------------------
+DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".csv": "csv"}
+
+
+def read_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None) -> list[str]:
+    """Texts from a file or a local Hugging Face dataset, in order.
+
+    - `.txt`: one text per non-blank line;
+    - `.jsonl`: one JSON object per line, the text in `column`;
+    - `.parquet` / `.arrow` / `.json` / `.csv`, or a directory saved with `Dataset.save_to_disk` or holding such
+      files: read with `datasets`, streamed (only the first `limit` rows are read), the text in `column`.
+    """
+    return list(iter_texts(path, column, limit))
+
+
+def iter_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None) -> Iterator[str]:
+    """Like `read_texts`, one text at a time (large datasets are streamed, never loaded whole)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"texts {str(path)!r} do not exist: give a .txt, .jsonl, parquet/arrow/json/csv file or "
+                        "a local Hugging Face dataset directory")
+    n = 0
+    for text in _texts_of(path, column):
+        if limit is not None and n >= limit:
+            return
+        n += 1
+        yield text
+
+
+def _texts_of(path: Path, column: str) -> Iterator[str]:
+    if path.is_file() and path.suffix == ".jsonl":
+        for where, obj in jsonl_objects(path):
+            if not isinstance(obj.get(column), str):
+                raise DataError(f"{where}: expected a string in field {column!r}, got "
+                                f"{type(obj.get(column)).__name__} (pick the field with --column)")
+            yield obj[column]
+        return
+    if path.is_file() and path.suffix not in DATASET_SUFFIXES:
+        yield from (line for line in read_lines(path) if line.strip())
+        return
+    yield from _dataset_texts(path, column)
+
+
+def _dataset_texts(path: Path, column: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a pinned dependency
+        raise DataError("reading a Hugging Face dataset needs the `datasets` package: pip install datasets") from None
+    datasets.disable_progress_bars()
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(path))  # memory-mapped, not read whole
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        rows = ds
+    else:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATASET_SUFFIXES)
+        if not files:
+            raise DataError(f"{str(path)!r} holds no dataset: expected save_to_disk output or "
+                            f"{'/'.join(DATASET_SUFFIXES)} files")
+        kinds = {DATASET_SUFFIXES[p.suffix] for p in files}
+        if len(kinds) > 1:
+            raise DataError(f"{str(path)!r} mixes dataset formats {sorted(kinds)}; point at one kind of file")
+        try:
+            rows = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train", streaming=True)
+        except Exception as e:  # datasets raises many types for unreadable files
+            raise DataError(f"cannot read dataset {str(path)!r}: {e}") from None
+    names = list(getattr(rows, "column_names", None) or [])
+    if names and column not in names:
+        raise DataError(f"dataset {str(path)!r} has no column {column!r}; its columns: {names} (choose with --column)")
+    for i, row in enumerate(rows):
+        text = row.get(column)
+        if not isinstance(text, str):
+            raise DataError(f"{path} row {i}: column {column!r} is {type(text).__name__}, not a string")
+        yield text
+
+
+def pydoc_texts(chunk_chars: int = 400, min_chars: int = 80) -> list[str]:
+    """Offline English text when no corpus is given: CPython's bundled documentation topics
+    (`pydoc_data.topics`, ~465k characters) cut into paragraph-aligned chunks, in a fixed order."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    chunks: list[str] = []
+    for key in sorted(topics):
+        paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", topics[key])]
+        buf = ""
+        for p in paras:
+            if set(p) <= set("*=-~^ "):  # rst underlines
+                continue
+            if buf and len(buf) + len(p) > chunk_chars:
+                chunks.append(buf)
+                buf = ""
+            buf = f"{buf} {p}".strip()
+        if buf:
+            chunks.append(buf)
+    return [c[: 2 * chunk_chars] for c in chunks if len(c) >= min_chars]

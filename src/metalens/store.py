@@ -28,6 +28,8 @@ from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
 from .capture import Activations, Positions, capture
+from .errors import MetalensError
+from .io import atomic_write_bytes, atomic_write_json, texts_hash
 from .models import Subject
 
 MANIFEST = "manifest.json"
@@ -35,35 +37,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 INDEX_KEYS = ("token_ids", "text_idx", "positions")
 
 
-class StoreError(RuntimeError):
-    pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+class StoreError(MetalensError, RuntimeError):
+    """A store that is missing, corrupt, or does not hold what was asked."""
 
 
 @dataclass

@@ -31,12 +31,13 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from ..errors import MetalensError
 from ..models import Subject
 
 Messages = list[dict]  # [{"role": "user", "content": "..."}]
 
 
-class LLMError(RuntimeError):
+class LLMError(MetalensError, RuntimeError):
     pass
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from ..results import ResultsDB
-from ..store import atomic_write_json
+from ..io import atomic_write_json
 from . import explain as E
 from . import score as S
 from . import simulate as SIM

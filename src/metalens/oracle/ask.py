@@ -16,12 +16,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..io import atomic_write_json
 from ..models import Subject, load_subject
 from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
 from .tasks import Example, OracleDataError
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 SETTINGS_FILE = "oracle.json"
+PROJECTION_FILE = "projection.safetensors"
 
 
 @dataclass
@@ -35,15 +37,6 @@ class Answer:
 
     def to_json(self) -> dict:
         return {"text": self.text, "probs": self.probs, "layer": self.layer, "n_vectors": self.n_vectors}
-
-
-def lora_model(subject: Subject, r: int = 16, alpha: int = 32, dropout: float = 0.0, seed: int = 0):
-    """Wrap the subject's model in place with a fresh LoRA on every linear layer (lm_head excluded)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none")
-    return get_peft_model(subject.model, cfg)
 
 
 class Oracle:
@@ -74,9 +67,11 @@ class Oracle:
         peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
-        if (d / "projection.pt").exists():
+        if (d / PROJECTION_FILE).exists():
+            from safetensors.torch import load_file
+
             proj = Projection(settings["d_subject"], subject.d_model)
-            proj.load_state_dict(torch.load(d / "projection.pt", map_location="cpu"))
+            proj.load_state_dict(load_file(str(d / PROJECTION_FILE)))
             proj.to(subject.device, subject.dtype)
         return cls(subject, peft_model, settings, proj)
 
@@ -91,8 +86,10 @@ class Oracle:
             f = out / "adapter_model.safetensors"
             save_file({k: v.to(dtype) for k, v in load_file(f).items()}, str(f))
         if self.projection is not None:
-            torch.save(self.projection.state_dict(), out / "projection.pt")
-        (out / SETTINGS_FILE).write_text(json.dumps(self.settings, indent=2))
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(out / PROJECTION_FILE))
+        atomic_write_json(out / SETTINGS_FILE, self.settings)
         return out
 
     # ------------------------------------------------------------------ forward passes
@@ -128,7 +125,7 @@ class Oracle:
             self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
             s.get("scale", 1.0), self.projection)
         with ctx, self.adapter(adapter):
-            h = self.subject.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            h = self.subject.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          use_cache=False).last_hidden_state  # [batch, seq, d]
         return h, batch
 
@@ -136,7 +133,7 @@ class Oracle:
         """Mean cross-entropy on the answer tokens (end-of-turn included)."""
         h, batch = self.hidden(examples, layers, [e.answer for e in examples], adapter)
         pred = batch.label_mask[:, 1:]  # [batch, seq-1]: position t predicts token t+1
-        logits = self.subject.model.lm_head(h[:, :-1][pred])  # [n_targets, vocab]
+        logits = self.subject.unembed(h[:, :-1][pred])  # [n_targets, vocab]
         return F.cross_entropy(logits.float(), batch.input_ids[:, 1:][pred])
 
     @torch.no_grad()
@@ -150,7 +147,7 @@ class Oracle:
             part = examples[i : i + batch_size]
             h, batch = self.hidden(part, layers[i : i + batch_size], None, adapter, as_text)
             last = h[torch.arange(len(part)), batch.prompt_len - 1]  # [b, d]
-            logits = self.subject.model.lm_head(last).float()  # [b, vocab]
+            logits = self.subject.unembed(last).float()  # [b, vocab]
             for j, e in enumerate(part):
                 ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in e.choices]
                 if len(set(ids)) != len(ids):

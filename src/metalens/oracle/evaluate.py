@@ -13,11 +13,12 @@ always, so raw accuracy misleads), with accuracy (P > 0.5) beside it, per task a
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from ..metrics import auroc, mean_defined, why_undefined
 from .ask import Oracle
 from .inject import context_text
 from .tasks import Example, OracleDataError, task_family
@@ -25,14 +26,28 @@ from .tasks import Example, OracleDataError, task_family
 BASELINES = ("untrained", "probe", "blackbox", "text")
 
 
-def auroc(p: Sequence[float], y: Sequence[int]) -> float:
-    from sklearn.metrics import roc_auc_score
+class ChoiceScores(NamedTuple):
+    """How well P(first choice) separates the items whose answer is the first choice."""
 
-    return float(roc_auc_score(y, p)) if 0 < sum(y) < len(y) else float("nan")
+    auroc: float | None
+    """AUROC (None when one class is missing: see `undefined`)"""
+    acc: float
+    """accuracy of P > 0.5"""
+    n: int
+    """items scored"""
+    undefined: str | None = None
+    """why the AUROC is undefined, when it is"""
+
+
+def choice_scores(p: np.ndarray, y: np.ndarray) -> ChoiceScores:
+    a = auroc(p, y)
+    return ChoiceScores(None if a is None else round(a, 4), round(float(((p > 0.5) == (y == 1)).mean()), 4), int(len(y)),
+                        why_undefined("auroc", p, y))
 
 
 def _metrics(p: np.ndarray, y: np.ndarray) -> dict:
-    return {"auroc": round(auroc(p, y), 4), "acc": round(float(((p > 0.5) == (y == 1)).mean()), 4), "n": int(len(y))}
+    s = choice_scores(p, y)._asdict()
+    return s if s["undefined"] else {k: v for k, v in s.items() if k != "undefined"}
 
 
 @torch.no_grad()
@@ -103,6 +118,10 @@ def evaluate(oracle: Oracle, examples: Sequence[Example], baselines: Sequence[st
     exs = [e for e in examples if e.choices]
     if not exs:
         raise OracleDataError("no example has 'choices': evaluation scores P(first choice)")
+    for i, e in enumerate(exs):
+        if e.answer not in e.choices:
+            raise OracleDataError(f"example {i} ({e.task}): answer {e.answer!r} is not one of its choices "
+                                  f"{list(e.choices)}; an answer must be a choice to be scored")
     layer = oracle.layers[len(oracle.layers) // 2] if layer is None else layer
     layers = [layer] * len(exs)
     y = np.array([int(e.answer == e.choices[0]) for e in exs])
@@ -127,8 +146,8 @@ def evaluate(oracle: Oracle, examples: Sequence[Example], baselines: Sequence[st
                 per[t] = _metrics(p[sel], y[sel])
         for t, v in per.items():
             report["tasks"].setdefault(t, {"family": task_family(t)})[m] = v
-        vals = [v["auroc"] for v in per.values() if not np.isnan(v["auroc"])]
-        report["macro_auroc"][m] = round(float(np.mean(vals)), 4) if vals else float("nan")
+        macro = mean_defined(v["auroc"] for v in per.values())
+        report["macro_auroc"][m] = None if macro is None else round(macro, 4)
     return report
 
 
@@ -141,8 +160,9 @@ def render(report: dict) -> None:
     t.add_column("task")
     for m in methods:
         t.add_column(m)
+    f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     for task, row in report["tasks"].items():
-        t.add_row(task, *[f"{row[m]['auroc']:.2f} / {row[m]['acc']:.2f}" if m in row else "-" for m in methods])
-    t.add_row("[bold]overall", *[f"{report['overall'][m]['auroc']:.2f} / {report['overall'][m]['acc']:.2f}" for m in methods])
-    t.add_row("[bold]macro AUROC", *[f"{report['macro_auroc'][m]:.2f}" for m in methods])
+        t.add_row(task, *[f"{f(row[m]['auroc'])} / {row[m]['acc']:.2f}" if m in row else "-" for m in methods])
+    t.add_row("[bold]overall", *[f"{f(report['overall'][m]['auroc'])} / {report['overall'][m]['acc']:.2f}" for m in methods])
+    t.add_row("[bold]macro AUROC", *[f(report['macro_auroc'][m]) for m in methods])
     Console().print(t)

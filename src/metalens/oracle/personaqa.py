@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import Subject
-from .tasks import Example, OracleDataError, jsonl_rows
+from ..io import jsonl_rows
+from .tasks import Example, OracleDataError
 
 ATTRIBUTES = {  # attribute -> (fact templates, oracle question, direct question about {name})
     "country": (["{name} is from {v}.", "{name} grew up in {v}."],
@@ -75,13 +76,13 @@ def finetune_on_facts(subject: Subject, personas: Sequence[dict], out: str | os.
                       progress: bool = True) -> Subject:
     """A copy of the subject that knows the personas: LoRA on every fact sentence (loss on all tokens),
     saved to `out` (reused if there), merged into a separate Subject."""
-    from ..diff import lora_copy, with_adapter
+    from ..adapters import lora_copy, with_adapter
 
     out = Path(out)
     if not (out / "adapter_config.json").exists():
         rng = random.Random(seed)
         torch.manual_seed(seed)
-        model, opt = lora_copy(subject, rank, lr)
+        model, opt = lora_copy(subject, rank, lr, seed=seed)
         tok, sents = subject.tokenizer, fact_sentences(personas)
         steps = epochs * -(-len(sents) // batch_size)
         bar = tqdm(total=steps, desc="persona facts", disable=not progress)

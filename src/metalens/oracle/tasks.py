@@ -24,14 +24,17 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..errors import DataError
+from ..io import jsonl_rows
 from typing import Iterable, Iterator, Sequence
 
 Context = str | list  # a text, or chat messages [{"role", "content"}]
 READ_WORDS = ("last", "all")
 
 
-class OracleDataError(ValueError):
-    pass
+class OracleDataError(DataError):
+    """Oracle examples, settings or data files that are malformed."""
 
 
 @dataclass(frozen=True)
@@ -103,19 +106,8 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
     return [_check(obj, where) for where, obj in jsonl_rows(path)]
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
-    """("path:line", parsed object) per non-blank line; a line that is not JSON raises OracleDataError."""
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{i}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OracleDataError(f"{path}:{i}: not valid JSON ({e})") from None
-
-
 def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
-    from ..store import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     path = Path(path)
     text = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples)

@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters import add_lora, load_adapter
+from ..io import atomic_write_json
+from ..metrics import auroc
 from ..models import load_subject
-from ..store import atomic_write_json
-from .ask import SETTINGS_FILE, Oracle, lora_model
+from .ask import SETTINGS_FILE, Oracle
 from .inject import Projection
-from .tasks import (available_tasks, context_prediction_examples, dataset_texts, default_data_dir, latentqa_examples,
+from .tasks import (OracleDataError, available_tasks, context_prediction_examples, dataset_texts, default_data_dir, latentqa_examples,
                     load_jsonl, mention_examples, relation_examples, save_jsonl, yes_no_examples)
 
 
@@ -181,12 +183,6 @@ def build_data(cfg: OracleConfig, subject, out: Path) -> None:
         save_jsonl(exs, out / "data" / f"{name}.jsonl")
 
 
-def auroc(p, y) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if 0 < sum(y) < len(y) else float("nan")
-
-
 @torch.no_grad()
 def evaluate_curve(oracle: Oracle, out: Path, layer: int, adapter: bool = True) -> dict:
     """AUROC of P(Yes) on held-out items of trained and held-out families, and held-out answer loss."""
@@ -197,7 +193,8 @@ def evaluate_curve(oracle: Oracle, out: Path, layer: int, adapter: bool = True) 
         if exs:
             p = oracle.choice_probs(exs, [layer] * len(exs), adapter=adapter)[:, 0].tolist()
             y = [int(e.answer == e.choices[0]) for e in exs]
-            res[f"{name}_auroc"] = round(auroc(p, y), 4)
+            a = auroc(p, y)
+            res[f"{name}_auroc"] = None if a is None else round(a, 4)
             res[f"{name}_acc"] = round(sum((pi > 0.5) == bool(yi) for pi, yi in zip(p, y)) / len(y), 4)
     for name in ("eval_context", "eval_latentqa"):
         exs = load_jsonl(out / "data" / f"{name}.jsonl")
@@ -262,13 +259,11 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     resuming = resume and (ckpt / "state.pt").exists()
     start = str(ckpt) if resuming else cfg.init_adapter  # adapter weights to start from ("" = a new LoRA)
     if start:
-        from peft import PeftModel
-
         if not (Path(start) / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{start!r} holds no adapter_config.json (init_adapter must be a saved oracle or ckpt dir)")
-        peft_model = PeftModel.from_pretrained(subject.model, start, is_trainable=True)
+            raise OracleDataError(f"{start!r} holds no adapter_config.json (init_adapter must be a saved oracle or ckpt dir)")
+        peft_model = load_adapter(subject.model, start, trainable=True)
     else:
-        peft_model = lora_model(subject, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed)
+        peft_model = add_lora(subject.model, cfg.lora_r, cfg.lora_alpha, 0.0, cfg.seed)
     # optimizer, step, RNG and data cursor of the run being resumed (no arbitrary unpickling)
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True) if resuming else None
     oracle = Oracle(subject, peft_model, settings)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..capture import capture
 from ..models import Subject
-from .data import corpus_texts
+from ..io import pydoc_texts
 from .features import sae_cards
 from .metrics import lm_metrics, reconstruction_metrics
 from .train import SaeTrainConfig, train_sae
@@ -18,7 +18,7 @@ from .train import SaeTrainConfig, train_sae
 
 def demo_section(s: Subject, con: Console, site: str = "resid.6") -> dict:
     t0 = time.perf_counter()
-    texts = corpus_texts()
+    texts = pydoc_texts()
     acts = capture(s, texts[:60], [site], max_length=64)  # ~3.5k tokens; layer 6 stops the pass early
     keep = acts.positions > 0  # the first token is an attention sink with an outsized norm
     acts = acts.select(keep)

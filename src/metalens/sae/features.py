@@ -23,8 +23,7 @@ import torch
 
 from ..capture import Activations
 from ..features import Feature
-from ..models import Subject
-from ..sites import get_path, arch_of
+from ..models import Subject, logit_lens
 from .model import Sae
 
 
@@ -33,20 +32,6 @@ def sae_feature(sae: Sae, latent: int, site: str | None = None) -> Feature:
     site = site or sae.cfg.site
     name = f"{site}/sae-{sae.cfg.kind}-k{sae.cfg.k}-w{sae.cfg.width}:{latent}"
     return Feature(site, name, lambda a: sae.encode(a.float())[:, latent], direction=sae.W_dec[latent].detach())
-
-
-@torch.no_grad()
-def logit_effects(subject: Subject, direction: torch.Tensor, n: int = 10) -> tuple[list, list]:
-    """([(token, value)] promoted, [(token, value)] suppressed): W_U (g * direction), g = final norm scale."""
-    model = subject.model
-    W_U = model.get_output_embeddings().weight.float()  # [vocab, d]
-    gain = getattr(get_path(model, arch_of(model).final_norm), "weight", None)
-    d = direction.float().to(W_U.device) * (1.0 if gain is None else gain.float())
-    logits = W_U @ d  # [vocab]
-    tok = subject.tokenizer
-    top, bot = logits.topk(n), (-logits).topk(n)
-    return ([(tok.decode([i]), v) for i, v in zip(top.indices.tolist(), top.values.tolist())],
-            [(tok.decode([i]), -v) for i, v in zip(bot.indices.tolist(), bot.values.tolist())])
 
 
 def _context(acts: Activations, values: torch.Tensor, row: int, tokenizer, left: int, right: int) -> dict:
@@ -79,7 +64,7 @@ def _card(fid: str, values: torch.Tensor, acts: Activations, tokenizer, subject:
         counts, bin_edges = torch.histogram(values[nz].float().cpu(), bins=30)
         card["hist"] = dict(counts=counts.tolist(), edges=bin_edges.tolist())
     if subject is not None and direction is not None:
-        pos, neg = logit_effects(subject, direction)
+        pos, neg = logit_lens(subject, direction)
         card["pos_logits"], card["neg_logits"] = pos, neg
     return card
 
@@ -123,7 +108,7 @@ def neuronpedia_export(cards: Sequence[dict], out: str, model_id: str, layer: in
     in the layout SAEDashboard's NeuronpediaRunner produces; fields we do not compute are empty lists."""
     from pathlib import Path
 
-    from ..store import atomic_write_json
+    from ..io import atomic_write_json
 
     def acts_of(card):
         rows = []

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from ..store import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json
 from .model import Sae, SaeConfig
 
 CFG_FILE = "cfg.json"

@@ -22,7 +22,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..store import ActivationStore, atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json
+from ..store import ActivationStore
 from .io import load_sae, save_sae
 from .model import Sae, SaeConfig
 

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..store import atomic_write_bytes  # noqa: E402
+from ..io import atomic_write_bytes  # noqa: E402
 
 
 def plot_frontier(points: Sequence[dict], path: str | Path, title: str = "SAE frontier") -> Path:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ..store import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1000px;color:#222}

@@ -1,0 +1,5 @@
+"""`python -m metalens ...` is the `metalens` command."""
+
+from .cli import main
+
+main()

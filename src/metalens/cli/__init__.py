@@ -1,0 +1,36 @@
+"""The `metalens` command line: one module per area, registered here on the root app.
+
+    common.py      shared options, output, error handling, run recording
+    core.py        info, capture, generate, demo, serve
+    autointerp.py  explain
+    oracle.py      ask, oracle train|eval|personaqa
+    sae.py         sae train|eval|pages
+    steer.py       steer, diff
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import autointerp, core, oracle, sae, steer
+from .common import DEBUG
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Read what a language model is thinking.")
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
+    """Read what a language model is thinking."""
+    if debug:
+        DEBUG["on"] = True
+
+
+for sub in (core.app, oracle.app, autointerp.app, steer.app):
+    app.registered_commands += sub.registered_commands
+app.add_typer(oracle.oracle_app, name="oracle")
+app.add_typer(sae.sae_app, name="sae")
+
+
+def main() -> None:
+    app()

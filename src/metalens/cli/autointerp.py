@@ -1,0 +1,90 @@
+"""`metalens explain`: explanations of features, searched for and scored on held-out text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, load_model
+
+app = typer.Typer()
+
+
+def parse_features(spec: str) -> list:
+    """"neurons.3:77,neurons.3:10-12,resid.5:0" -> [Feature.neuron(...)]: coordinates of a stored site."""
+    from ..features import Feature
+    from .common import parse_indices
+
+    out = []
+    for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        site, _, idx = item.rpartition(":")
+        if not site:
+            raise typer.BadParameter(f"feature {item!r}: expected SITE:INDEX or SITE:FIRST-LAST, e.g. neurons.3:77",
+                                     param_hint="--features")
+        out += [Feature.neuron(site, i) for i in parse_indices(idx, f"feature {item!r}")]
+    return out
+
+
+@command(app, "explain", kind="autointerp.explain")
+def explain(
+    store: Path = typer.Option(..., "--store", help="activation store (captured with positions=all)"),
+    features: str = typer.Option(..., "--features", help="SITE:INDEX[,SITE:FIRST-LAST...], e.g. neurons.3:0-7"),
+    k: int = typer.Option(8, "--k", help="explanations sampled per feature (best-of-k on the validation split)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it holds this search); default <store>/explain-k<k>"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (…/v1) for explainer and simulator; default: the local model"),
+    endpoint_model: str = typer.Option("default", "--endpoint-model", help="model name sent to the endpoint"),
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for one endpoint response"),
+    retries: int = typer.Option(4, "--retries", help="retries of a failed endpoint request"),
+    window: int = typer.Option(32, help="tokens per example window"),
+    seed: int = typer.Option(0, help="sampling seed"),
+    no_control: bool = typer.Option(False, "--no-control", help="skip the shuffled-explanation control"),
+    as_json: bool = JsonOpt,
+):
+    """Explain features from stored activations: best-of-k search, scored on held-out text (resumable)."""
+    from ..autointerp.examples import ExampleConfig, feature_sequences, make_examples, make_windows
+    from ..autointerp.llm import EndpointConfig, EndpointLLM, LocalLLM
+    from ..autointerp.search import SearchConfig, run_search, summary
+    from ..results import ResultsDB
+    from ..store import ActivationStore
+
+    at_least("--k", k, 1)
+    at_least("--window", window, 2)
+    at_least("--timeout", timeout, 0.1)
+    at_least("--retries", retries, 0)
+    feats = parse_features(features)
+    st = ActivationStore(store)
+    for f in feats:
+        if f.site not in st.sites:
+            raise typer.BadParameter(f"site {f.site!r} is not in the store; it holds {st.sites}", param_hint="--features")
+    s = load_model(model, device)
+    llm = (EndpointLLM(EndpointConfig(base_url=endpoint, model=endpoint_model, timeout=timeout, max_retries=retries))
+           if endpoint else LocalLLM(s))
+    ex_cfg = ExampleConfig(window=window, seed=seed)
+    cfg = SearchConfig(k=k, seed=seed, control=not no_control, examples=ex_cfg)
+
+    def sets_of(f):
+        return lambda: make_examples(make_windows(feature_sequences(st, f, s.tokenizer), window, ex_cfg.min_window), ex_cfg)
+
+    out = out or Path(store) / f"explain-k{k}"
+    results = run_search(llm, llm, [(f.id, sets_of(f)) for f in feats], cfg, out, ResultsDB(), progress=not as_json,
+                         meta={"store": str(store)})
+    rows = [dict(feature=f, explanation=r.get("text"), skipped=r.get("skipped"),
+                 simulation=r.get("test", {}).get("simulation", {}).get("all"),
+                 control=r.get("control", {}).get("test", {}).get("simulation", {}).get("all")) for f, r in results.items()]
+
+    def human():
+        t = Table(title=f"explanations (best of {k}), test-split simulation r vs control")
+        for col in ("feature", "explanation", "sim r", "control r"):
+            t.add_column(col)
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        for r in rows:
+            t.add_row(r["feature"], r["explanation"] or f"({r['skipped']})", fmt(r["simulation"]), fmt(r["control"]))
+        Console().print(t)
+
+    return Output({"out": str(out), "summary": summary(results), "features": rows}, human, {"out": out})

@@ -1,0 +1,59 @@
+"""The README's code runs as written; the package ships only runtime files; the research record's
+evaluation sets are rebuilt byte for byte from the AO data."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ORACLE = ROOT / "src" / "metalens" / "oracle" / "default"
+RUNTIME = {"adapter_model.safetensors", "adapter_config.json", "oracle.json", "train_config.json"}
+
+
+def python_blocks(md: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", md.read_text(), re.S)
+
+
+def test_default_oracle_ships_only_runtime_files():
+    assert {p.name for p in DEFAULT_ORACLE.iterdir() if p.name != "__pycache__"} == RUNTIME
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["metalens"]
+    assert sorted(p.removeprefix("oracle/default/") for p in data if p.startswith("oracle/default/")) == sorted(RUNTIME)
+
+
+def test_oracle_benchmark_reads_eval_files_from_research():
+    spec = importlib.util.spec_from_file_location("bench_oracle", ROOT / "benchmarks" / "oracle.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.RESEARCH_ORACLE == ROOT / "research" / "oracle"
+    for name in ("eval_heldout.jsonl", "eval_trained.jsonl"):
+        assert (mod.RESEARCH_ORACLE / name).is_file()
+
+
+def test_research_eval_sets_rebuild_identically():
+    from metalens.oracle.tasks import default_data_dir
+
+    if not (default_data_dir() / "classification_datasets").is_dir():
+        pytest.skip(f"no AO data at {default_data_dir()} (set METALENS_AO_DATA)")
+    r = subprocess.run([sys.executable, str(ROOT / "research" / "oracle" / "make_eval_sets.py"), "--check"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("identical") == 5
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("i", range(2))
+def test_readme_python_runs_as_written(i, tmp_path):
+    blocks = python_blocks(ROOT / "README.md")
+    assert len(blocks) == 2
+    script = tmp_path / "block.py"
+    script.write_text(blocks[i])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]

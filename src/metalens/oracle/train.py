@@ -21,7 +21,8 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,8 +32,7 @@ from ..adapters import add_lora, load_adapter
 from ..io import atomic_write_json
 from ..metrics import auroc
 from ..models import load_subject
-from .ask import SETTINGS_FILE, Oracle
-from .inject import Projection
+from .ask import Oracle
 from .tasks import (OracleDataError, available_tasks, context_prediction_examples, dataset_texts, default_data_dir, latentqa_examples,
                     load_jsonl, mention_examples, relation_examples, save_jsonl, yes_no_examples)
 
@@ -269,6 +269,11 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     oracle = Oracle(subject, peft_model, settings)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step_loss = _OracleLoss(oracle)
+    if world > 1:  # DistributedDataParallel averages the ranks' gradients during backward
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(step_loss, broadcast_buffers=False)
     step, cursor, epoch = 0, 0, 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -358,6 +363,18 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
     log.close()
     _barrier(world)
     return ckpt
+
+
+class _OracleLoss(torch.nn.Module):
+    """The oracle's training loss as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, oracle: Oracle):
+        super().__init__()
+        self.oracle = oracle
+        self.peft = oracle.peft  # registers the adapter's parameters
+
+    def forward(self, examples, layers) -> torch.Tensor:
+        return self.oracle.loss(examples, layers)
 
 
 # ---- several processes (torchrun): data-parallel, one process per GPU (or CPU process, gloo) ----------

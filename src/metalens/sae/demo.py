@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 import time
 
-import torch
 from rich.console import Console
 
 from ..capture import capture

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sparse import batch_topk_cutoff, remove_parallel_grad_, unit_rows_, update_threshold_
+
 KINDS = ("topk", "batchtopk")
 
 
@@ -131,8 +133,7 @@ class Sae(nn.Module):
         if not batch:
             vals, idx = pre.topk(k, dim=1, sorted=False)
             return vals, idx
-        n = pre.shape[0]
-        cutoff = pre.flatten().topk(k * n, sorted=False).values.min()  # k * n kept in the batch
+        cutoff = batch_topk_cutoff(pre, k)  # k * n kept in the batch
         keep = (pre >= cutoff) & (pre > 0)
         kk = max(1, int(keep.sum(1).max()))
         vals, idx = pre.topk(kk, dim=1, sorted=False)
@@ -182,23 +183,16 @@ class Sae(nn.Module):
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Project out the component of each decoder row's gradient along the row (keeps |row| = 1 to 1st order)."""
-        if self.W_dec.grad is None:
-            return
-        g = self.W_dec.grad
-        g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+        remove_parallel_grad_(self.W_dec)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        unit_rows_(self.W_dec)
 
     @torch.no_grad()
     def update_threshold(self, vals: torch.Tensor, momentum: float = 0.99) -> None:
         """BatchTopK: running mean of the smallest kept activation, used as the JumpReLU threshold."""
-        kept = vals[vals > 0]
-        if kept.numel() == 0:
-            return
-        m = kept.min()
-        self.threshold.copy_(m if self.threshold < 0 else momentum * self.threshold + (1 - momentum) * m)
+        update_threshold_(self.threshold, vals, momentum)
 
     # ---- data-dependent init -----------------------------------------------------------------
     @torch.no_grad()

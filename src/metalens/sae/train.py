@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -101,17 +100,9 @@ class _Source:
             return total / max(1, count)
         return self.data.float().norm(dim=1).mean().item()
 
-    def epoch(self, batch_size: int, seed: int, shard_buffer: int = 4) -> Iterator[torch.Tensor]:
-        if isinstance(self.data, ActivationStore):  # as ActivationStore.batches, with the position filter
-            gen = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(self.data.manifest.shards), generator=gen).tolist()
-            leftover = torch.empty(0, self.d)
-            for start in range(0, len(order), shard_buffer):
-                pool = torch.cat([leftover, *(self._shard(i) for i in order[start : start + shard_buffer])])
-                pool = pool[torch.randperm(len(pool), generator=gen)]
-                n_full = len(pool) // batch_size * batch_size
-                yield from pool[:n_full].split(batch_size)
-                leftover = pool[n_full:]
+    def epoch(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        if isinstance(self.data, ActivationStore):
+            yield from self.data.batches(self.site, batch_size, seed=seed, skip_first=self.skip_first)
             return
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         for i in range(0, self.n - batch_size + 1, batch_size):

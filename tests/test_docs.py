@@ -1,6 +1,7 @@
 """The README's code runs as written; the package ships only runtime files; the research record's
 evaluation sets are rebuilt byte for byte from the AO data."""
 
+import glob
 import importlib.util
 import os
 import re
@@ -24,6 +25,17 @@ def test_default_oracle_ships_only_runtime_files():
     assert {p.name for p in DEFAULT_ORACLE.iterdir() if p.name != "__pycache__"} == RUNTIME
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["metalens"]
     assert sorted(p.removeprefix("oracle/default/") for p in data if p.startswith("oracle/default/")) == sorted(RUNTIME)
+
+
+def test_package_data_is_exactly_the_non_python_files():
+    """Every data file in the package is shipped (a template left out breaks the installed package), and
+    the patterns match nothing else (no bytecode, no eval sets)."""
+    pkg = ROOT / "src" / "metalens"
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["metalens"]
+    matched = {Path(p) for pat in patterns for p in glob.glob(str(pkg / pat), recursive=True) if Path(p).is_file()}
+    data = {p for p in pkg.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert data - matched == set(), "data files the wheel would leave out"
+    assert {p for p in matched if "__pycache__" in p.parts or p.suffix == ".pyc"} == set()
 
 
 def test_oracle_benchmark_reads_eval_files_from_research():

@@ -12,16 +12,15 @@ Targets: >= 1.0x bare HF at layer 29, >= 2x bare HF at layer 7 (early stop), >= 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from metalens import capture, load_subject
+
+from common import write_result
 
 LAYERS = (7, 15, 29)
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
@@ -166,14 +165,9 @@ def main() -> None:
     for k, v in peers.items():
         if v != "ok":
             print(f"{k}: {v}")
-    out = dict(model=s.name, batch=args.batch, seq=args.seq, threads=args.threads, reps=args.reps,
-               machine=platform.machine(), torch=torch.__version__, matmul_peak_gflops=round(peak, 1),
-               full_forward_gflop=round(full_flops / 1e9, 1), rows=rows, ratios=ratios, targets=targets,
-               peers=peers, times_s=times, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    path = Path(__file__).parent / "results" / "capture.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result("capture", dict(model=s.name, batch=args.batch, seq=args.seq, reps=args.reps,
+                                 matmul_peak_gflops=round(peak, 1), full_forward_gflop=round(full_flops / 1e9, 1),
+                                 rows=rows, ratios=ratios, targets=targets, peers=peers, times_s=times), args.threads)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 from metalens.oracle import Oracle, load_jsonl
 from metalens.oracle.evaluate import evaluate
+
+from common import write_result
 
 # the default oracle's eval sets live in the research record, not in the installed package
 RESEARCH_ORACLE = Path(__file__).resolve().parents[1] / "research" / "oracle"
@@ -101,25 +102,21 @@ def main() -> None:
         items = load_jsonl(eval_file)[: args.limit or None]
         table = evaluate(o, items, ["untrained", "probe", "blackbox", "text"])
         table["data"] = str(eval_file)
-    out = dict(machine=platform.processor() or platform.machine(), threads=args.threads, oracle=args.oracle,
-               context_tokens=n_ctx, ask_latency_s=lat, train_examples_per_s=ex_per_s, heldout=table)
+    out = dict(oracle=args.oracle, context_tokens=n_ctx, ask_latency_s=lat, train_examples_per_s=ex_per_s, heldout=table)
     if table:
         ov = table["overall"]
         out["targets"] = dict(
             ask_under_1s=lat["all"] < 1.0,
-            heldout_auroc_ge_0_70=ov["oracle"]["auroc"] >= 0.70,
-            plus_0_10_over_untrained=ov["oracle"]["auroc"] - ov["untrained"]["auroc"] >= 0.10,
-            beats_text_only=ov["oracle"]["auroc"] > ov["text"]["auroc"],
+            heldout_auroc_ge_0_70=(ov["oracle"]["auroc"] or 0) >= 0.70,
+            plus_0_10_over_untrained=(ov["oracle"]["auroc"] or 0) - (ov["untrained"]["auroc"] or 0) >= 0.10,
+            beats_text_only=(ov["oracle"]["auroc"] or 0) > (ov["text"]["auroc"] or 0),
         )
     print(json.dumps({k: v for k, v in out.items() if k != "heldout"}, indent=2))
     if table:
         from metalens.oracle.evaluate import render
 
         render(table)
-    path = Path(__file__).parent / "results" / "oracle.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result("oracle", out, args.threads)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -28,10 +27,11 @@ import torch
 
 from metalens.sae import SaeTrainConfig, train_sae
 from metalens.sae.metrics import lm_metrics, reconstruction_metrics
-from metalens.sae.train import _Source
+from metalens.sae.train import BatchSource
 from metalens.store import ActivationStore
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, write_result
+
 
 
 def split(store: ActivationStore, site: str):
@@ -78,7 +78,7 @@ def run_saelens(train: torch.Tensor, args, sparse: bool):
     n_norm = 8
     cfg = SAETrainerConfig(total_training_samples=args.steps * args.batch, train_batch_size_samples=args.batch,
                            lr=args.lr, lr_end=args.lr, device="cpu", n_batches_for_norm_estimate=n_norm)
-    batches = _Source(train, "x").stream(args.batch, seed=0)
+    batches = BatchSource(train, "x").stream(args.batch, seed=0)
     trainer = SAETrainer(cfg, sae, batches)
     t = time.perf_counter()
     trainer.fit()
@@ -96,7 +96,7 @@ def run_reference(train: torch.Tensor, args):
     W_enc = torch.nn.Parameter(W_dec.detach().T.clone())
     b_enc, b_dec = torch.nn.Parameter(torch.zeros(args.width)), torch.nn.Parameter(train[:4096].mean(0) * scale)
     opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=args.lr)
-    batches = _Source(train, "x").stream(args.batch, seed=0)
+    batches = BatchSource(train, "x").stream(args.batch, seed=0)
 
     def encode(x):
         pre = torch.relu((x - b_dec) @ W_enc + b_enc)
@@ -141,8 +141,7 @@ def main() -> None:
     train, test, cut = split(store, "resid.15")
     work = Path(args.work)
     tokens = args.steps * args.batch
-    res = dict(machine=platform.processor() or platform.machine(), threads=args.threads, repeats=args.repeats, torch=torch.__version__,
-               store=str(args.store), model=store.manifest.model, site="resid.15", train_rows=len(train),
+    res = dict(repeats=args.repeats, store=str(args.store), model=store.manifest.model, site="resid.15", train_rows=len(train),
                test_rows=len(test), k=args.k, width=args.width, batch=args.batch, steps=args.steps, lr=args.lr,
                fvu_formula="sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the held-out rows (pooled)", runs={})
 
@@ -187,7 +186,7 @@ def main() -> None:
     ours = res["runs"]["metalens"]
     res["ratios"] = {n: dict(speedup=ours["tokens_per_s"] / r["tokens_per_s"], fvu_delta=ours["fvu"] - r["fvu"])
                      for n, r in res["runs"].items() if n != "metalens" and "error" not in r}
-    save(res)  # the comparison is kept even if a later phase fails
+    write_result("sae", res, args.threads)  # the comparison is kept even if a later phase fails
 
     if args.sweep:
         from metalens.viz.sae import plot_frontier
@@ -196,8 +195,8 @@ def main() -> None:
         for k in [int(x) for x in args.sweep.split(",")]:
             s = sae if k == args.k else run_metalens(train, args, k, work / f"metalens-k{k}")[0]
             m = reconstruction_metrics(s, test)
-            points.append(dict(k=k, l0=m["l0"], fvu=m["fvu"], dead_frac=m["dead_frac"]))
-            print(f"sweep k={k}: FVU {m['fvu']:.4f} L0 {m['l0']:.1f} dead {m['dead_frac']:.3f}", flush=True)
+            points.append(dict(k=k, l0=m.l0, fvu=m.fvu, dead_frac=m.dead_frac))
+            print(f"sweep k={k}: FVU {m.fvu:.4f} L0 {m.l0:.1f} dead {m.dead_frac:.3f}", flush=True)
         res["frontier"] = points
         res["frontier_png"] = str(plot_frontier(points, RESULTS / "sae_frontier.png",
                                                 title=f"SmolLM2-135M resid.15, width {args.width}, {args.steps} steps"))
@@ -207,16 +206,11 @@ def main() -> None:
 
         texts = pydoc_texts()[cut : cut + args.ce_texts]
         subject = load_subject(device="cpu")
-        res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8))
+        res["lm"] = dict(k=args.k, **lm_metrics(subject, sae, "resid.15", texts, batch_size=8)._asdict())
         print(f"CE: clean {res['lm']['ce_clean']:.3f} sae {res['lm']['ce_sae']:.3f} zero {res['lm']['ce_zero']:.3f} "
               f"recovered {res['lm']['ce_recovered']:.3f} KL {res['lm']['kl_sae']:.3f}", flush=True)
-    save(res)
+    write_result("sae", res, args.threads)
     print(json.dumps(res["ratios"], indent=2))
-
-
-def save(res: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sae.json").write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":

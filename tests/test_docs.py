@@ -38,7 +38,8 @@ def test_package_data_is_exactly_the_non_python_files():
     assert {p for p in matched if "__pycache__" in p.parts or p.suffix == ".pyc"} == set()
 
 
-def test_oracle_benchmark_reads_eval_files_from_research():
+def test_oracle_benchmark_reads_eval_files_from_research(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: it imports common
     spec = importlib.util.spec_from_file_location("bench_oracle", ROOT / "benchmarks" / "oracle.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

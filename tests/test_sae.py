@@ -79,12 +79,12 @@ def test_training_reduces_fvu_and_keeps_unit_decoder(tmp_path, kind):
     log = json.loads((tmp_path / kind / "train_log.json").read_text())
     assert log[-1]["fvu"] < 0.8 * log[0]["fvu"]
     m = reconstruction_metrics(sae, DATA[:2000])
-    assert m["fvu"] < 0.75 and abs(m["explained_variance"] + m["fvu"] - 1) < 1e-9
+    assert m.fvu < 0.75 and abs(m.explained_variance + m.fvu - 1) < 1e-9
     if kind == "batchtopk":
         assert sae.threshold.item() > 0  # learned, used as JumpReLU at inference
-        assert 2 < m["l0"] < 20
+        assert 2 < m.l0 < 20
     else:
-        assert m["l0"] == 8
+        assert m.l0 == 8
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -167,17 +167,17 @@ def identity_sae(d: int) -> Sae:
 def test_lm_metrics_on_tiny_model(tiny, tmp_path):
     texts = ["hello world, this is a test.", "the quick brown fox jumps", "abc def ghi jkl mno"]
     perfect = lm_metrics(tiny, identity_sae(tiny.d_model), "resid.1", texts, batch_size=2)
-    assert perfect["ce_recovered"] == pytest.approx(1.0, abs=1e-4) and perfect["kl_sae"] < 1e-6
-    assert perfect["ce_zero"] != pytest.approx(perfect["ce_clean"])
+    assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4) and perfect.kl_sae < 1e-6
+    assert perfect.ce_zero != pytest.approx(perfect.ce_clean)
     store = capture_to_store(tiny, texts * 40, ["resid.1"], tmp_path / "acts", progress=False, texts_per_shard=30)
     cfg = SaeTrainConfig(out=str(tmp_path / "sae"), site="resid.1", k=8, width=128, batch_size=256, steps=40,
                          log_every=20, checkpoint_every=0)
     sae = train_sae(cfg, store, progress=False)
     assert sae.cfg.model == tiny.name and sae.cfg.site == "resid.1"
     m = reconstruction_metrics(sae, store, max_rows=1000)
-    assert m["rows"] == 1000 and 0 <= m["dead_frac"] < 1 and m["fvu"] < 1
+    assert m.rows == 1000 and 0 <= m.dead_frac < 1 and m.fvu < 1
     lm = lm_metrics(tiny, sae, "resid.1", texts)
-    assert lm["kl_sae"] > 0 and lm["tokens"] > 0
+    assert lm.kl_sae > 0 and lm.tokens > 0
 
 
 def test_frontier_plot(tmp_path):

@@ -28,13 +28,13 @@ def test_steering_changes_generation_and_is_removed(tiny):
     vec = contrastive_vector(tiny, "resid.1", PAIRS)
     before = n_hooks(tiny.model)
     plain = tiny.generate("Tell me a story", max_new_tokens=12)
-    rows = compare(tiny, ["Tell me a story"], lambda: steer(tiny, vec, multiplier=40.0, start=0), max_new_tokens=12)
+    rows = compare(tiny, ["Tell me a story"], lambda: steer(tiny, vec, multiplier=40.0, positions=0), max_new_tokens=12)
     assert rows[0]["plain"] == plain and rows[0]["steered"] != plain
     assert n_hooks(tiny.model) == before
     assert tiny.generate("Tell me a story", max_new_tokens=12) == plain
     # from a late position on: the prompt's forward pass is untouched, so the first new token can only
     # change through positions >= start
-    with steer(tiny, vec, multiplier=40.0, start=10_000):
+    with steer(tiny, vec, multiplier=40.0, positions=10_000):
         assert tiny.generate("Tell me a story", max_new_tokens=12) == plain
 
 

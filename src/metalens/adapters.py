@@ -7,10 +7,20 @@ same call works on every family in `sites.ARCHS`.
 from __future__ import annotations
 
 import copy
+import warnings
+from contextlib import contextmanager
 
 import torch
 
 from .models import Subject, subject_from
+
+
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question (`is_gradient_checkpointing`); the FutureWarning is theirs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def add_lora(model: torch.nn.Module, rank: int = 16, alpha: int | None = None, dropout: float = 0.0, seed: int = 0):
@@ -20,7 +30,8 @@ def add_lora(model: torch.nn.Module, rank: int = 16, alpha: int | None = None, d
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout, target_modules="all-linear",
                      bias="none")
-    return get_peft_model(model, cfg)
+    with _quiet_peft():
+        return get_peft_model(model, cfg)
 
 
 def lora_copy(subject: Subject, rank: int = 8, lr: float = 2e-3, seed: int = 0):
@@ -36,7 +47,8 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str, trainable: bool = Fal
     """Put a saved peft adapter onto `model` (in place) and return the peft model."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
 def with_adapter(base: Subject, adapter_dir: str) -> Subject:

@@ -7,7 +7,7 @@ stops right after the deepest requested block, so reading layer 7 of 30 costs ~8
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .models import Subject
 from .sites import Site, hook_site
 
-Positions = str | slice | int  # "all" | "last" | slice over each text's tokens | one index
+Positions = Literal["all", "last"] | slice | int  # every token, the last, a slice of each text's tokens, one index
 
 
 @dataclass

@@ -4,7 +4,7 @@
         print(s.generate("Tell me about your day."))
 
     vec = contrastive_vector(s, "resid.10", [("I love it", "I hate it"), ...], method="mean")
-    with steer(s, vec, multiplier=4.0, start=0):
+    with steer(s, vec, multiplier=4.0, positions=0):
         print(s.generate("Tell me about your day."))
 
 Feature clamping follows Scaling Monosemanticity: the activation x becomes
@@ -106,9 +106,10 @@ def contrastive_vector(
     return SteeringVector(site, vec, method, len(pairs), agreement)
 
 
-def steer(subject: Subject, vector: SteeringVector, multiplier: float = 1.0, start: int | None = None):
-    """Context manager: add multiplier * vector at its site, at token positions >= start (None: every token)."""
-    return add(subject, vector.site, vector.vector, scale=multiplier, positions=start)
+def steer(subject: Subject, vector: SteeringVector, multiplier: float = 1.0, positions=None):
+    """Context manager: add multiplier * vector at its site, at `positions` as in intervene.edit (None: every
+    token; an int p: every position >= p, counted across generate)."""
+    return add(subject, vector.site, vector.vector, scale=multiplier, positions=positions)
 
 
 def compare(subject: Subject, prompts: Sequence[str], intervention, max_new_tokens: int = 40, chat: bool = True) -> list[dict]:

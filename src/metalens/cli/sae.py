@@ -86,8 +86,8 @@ def train_cmd(
                              batch_size=batch_size, steps=steps, lr=lr, seed=seed)
         sae = train_sae(cfg, st, progress=not as_json)
         m = reconstruction_metrics(sae, st, site, max_rows=eval_rows)
-        results.append(dict(k=kk, out=cfg.out, **m))
-        points.append(dict(k=kk, l0=m["l0"], fvu=m["fvu"]))
+        results.append(dict(k=kk, out=cfg.out, **m._asdict()))
+        points.append(dict(k=kk, l0=m.l0, fvu=m.fvu))
     summary = dict(store=str(store), site=site, results=results)
     if len(ks) > 1:
         summary["frontier_png"] = str(plot_frontier(points, out / "frontier.png", title=f"{st.manifest.model} {site}"))
@@ -130,7 +130,7 @@ def eval_cmd(
         acts = capture(s, data, [site], max_length=max_length)
         recon = reconstruction_metrics(sae, acts[site][acts.positions > 0][:rows])
     lm = lm_metrics(s, sae, site, data, max_length=max_length)
-    return Output(dict(sae=str(sae_dir), site=site, **recon, **lm))
+    return Output(dict(sae=str(sae_dir), site=site, **recon._asdict(), **lm._asdict()))
 
 
 @command(sae_app, "pages", kind="sae.pages")

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
 from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
@@ -54,8 +55,6 @@ class Oracle:
     @classmethod
     def load(cls, path: str | os.PathLike = "default", model: str | None = None, device: str = "auto") -> "Oracle":
         """Load an adapter directory (or "default", the adapter shipped with metalens) onto its subject."""
-        from peft import PeftModel
-
         d = DEFAULT_DIR if str(path) == "default" else Path(path)
         if (d / "ckpt" / SETTINGS_FILE).exists() and not (d / SETTINGS_FILE).exists():
             d = d / "ckpt"  # a training run directory: its latest checkpoint
@@ -64,7 +63,7 @@ class Oracle:
                                   "`metalens oracle train` or 'default'")
         settings = json.loads((d / SETTINGS_FILE).read_text())
         subject = load_subject(model if model is not None else settings.get("model"), device=device)
-        peft_model = PeftModel.from_pretrained(subject.model, str(d), is_trainable=False)
+        peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
         if (d / PROJECTION_FILE).exists():

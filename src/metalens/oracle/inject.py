@@ -38,10 +38,26 @@ class ContextTokens(NamedTuple):
     readable: int  # first position that may be read (after a system message)
 
 
+def bos_prefix(tokenizer) -> str:
+    """The special tokens the tokenizer puts before a plain text (Gemma's '<bos>'; '' for SmolLM2), as text."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    k = len(full) - len(plain)
+    return tokenizer.decode(full[:k]) if k > 0 and full[k:] == plain else ""
+
+
+def reading_text(tokenizer, context) -> str:
+    """The context exactly as the subject reads it: a plain text gets the model's usual leading special
+    tokens (a chat template writes its own)."""
+    return bos_prefix(tokenizer) + context if isinstance(context, str) else context_text(tokenizer, context)
+
+
 def context_tokens(tokenizer, context) -> ContextTokens:
     """Tokenize a text, or render chat messages with the template and mask the system message."""
     if isinstance(context, str):
-        return ContextTokens(tokenizer(context, add_special_tokens=False)["input_ids"], 0)
+        prefix = bos_prefix(tokenizer)
+        ids = tokenizer(prefix + context, add_special_tokens=False)["input_ids"]
+        return ContextTokens(ids, len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0)
     text = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     readable = 0
@@ -69,7 +85,7 @@ def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence
     """
     tok = subject.tokenizer
     toks = [context_tokens(tok, e.context) for e in examples]
-    texts = [context_text(tok, e.context) for e in examples]
+    texts = [reading_text(tok, e.context) for e in examples]
     sites = sorted({f"resid.{layer}" for layer in layers})
     acts = capture(subject, texts, sites, batch_size=batch_size, max_length=max_tokens, add_special_tokens=False,
                    progress=False)

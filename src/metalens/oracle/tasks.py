@@ -131,11 +131,12 @@ def read_slice(read, n: int) -> slice:
 # ---------------------------------------------------------------- builders from a data directory
 
 def default_data_dir() -> Path:
-    """$METALENS_AO_DATA, else ../shared/data/ao beside the repository (for development only)."""
+    """$METALENS_AO_DATA: the training data directory (AO layout) when none is given."""
     env = os.environ.get("METALENS_AO_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ao"
+    if not env:
+        raise OracleDataError("no oracle training data given: pass --data DIR (a directory in the Activation Oracles "
+                              "layout: classification_datasets/, latentqa_datasets/) or set METALENS_AO_DATA")
+    return Path(env)
 
 
 YES_NO = ("Yes", "No")

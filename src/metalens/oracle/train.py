@@ -15,6 +15,8 @@ step), curve.jsonl (held-out evaluation at intervals).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import json
 import math
 import os
@@ -49,7 +51,7 @@ class OracleConfig:
     """read layers as percent of depth (each example draws one)"""
     inject_layer: int = 1
     """block whose output receives the soft tokens"""
-    inject: str = "add"
+    inject: Literal["add", "replace"] = "add"
     """add (norm-matched) | replace"""
     scale: float = 1.0
     """injection scale"""

@@ -20,7 +20,7 @@ norm tens of times the rest, which an SAE trained on typical tokens does not mod
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,44 @@ from .model import Sae
 
 
 @torch.no_grad()
+class ReconstructionMetrics(NamedTuple):
+    """How well an SAE reconstructs activations (means over rows)."""
+
+    rows: int
+    """rows evaluated"""
+    fvu: float
+    """fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean(x)|^2"""
+    explained_variance: float
+    """1 - fvu"""
+    l0: float
+    """latents active per row"""
+    cosine: float
+    """cosine similarity of x and x_hat"""
+    l2_ratio: float
+    """|x_hat| / |x|"""
+    dead_frac: float
+    """share of latents that never fired on these rows"""
+
+
+class LmMetrics(NamedTuple):
+    """The language model's next-token loss with the SAE spliced in (per token)."""
+
+    tokens: int
+    """tokens scored"""
+    ce_clean: float
+    """cross-entropy of the plain model"""
+    ce_sae: float
+    """cross-entropy with the site replaced by the SAE's reconstruction"""
+    ce_zero: float
+    """cross-entropy with the site zeroed"""
+    ce_recovered: float | None
+    """(ce_zero - ce_sae) / (ce_zero - ce_clean); None when zeroing changes nothing"""
+    kl_sae: float
+    """KL(clean || SAE) of the next-token distributions"""
+    kl_zero: float
+    """KL(clean || zeroed)"""
+
+
 def reconstruction_metrics(
     sae: Sae, data: ActivationStore | torch.Tensor | Iterable[torch.Tensor], site: str | None = None,
     max_rows: int | None = None, batch_size: int = 4096, skip_first: bool = True,
@@ -73,8 +111,7 @@ def reconstruction_metrics(
         raise ValueError("no rows to evaluate the SAE on")
     total_var = sum_sq - (sum_x.pow(2).sum().item() / n)  # Σ|x - x̄|²
     fvu = sq_err / total_var
-    return dict(rows=n, fvu=fvu, explained_variance=1 - fvu, l0=l0 / n, cosine=cos / n, l2_ratio=ratio / n,
-                dead_frac=1 - fired.float().mean().item())
+    return ReconstructionMetrics(n, fvu, 1 - fvu, l0 / n, cos / n, ratio / n, 1 - fired.float().mean().item())
 
 
 def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ref_logp: torch.Tensor | None):
@@ -119,6 +156,5 @@ def lm_metrics(
             ce, _, kl, _ = _next_token_stats(run(), ids, mask, ref)
         sums["zero"], sums["kl_zero"] = sums["zero"] + ce, sums["kl_zero"] + kl
     m = {k: v / max(1, n_tok) for k, v in sums.items()}
-    recovered = (m["zero"] - m["sae"]) / (m["zero"] - m["clean"]) if m["zero"] != m["clean"] else float("nan")
-    return dict(tokens=n_tok, ce_clean=m["clean"], ce_sae=m["sae"], ce_zero=m["zero"], ce_recovered=recovered,
-                kl_sae=m["kl_sae"], kl_zero=m["kl_zero"])
+    recovered = (m["zero"] - m["sae"]) / (m["zero"] - m["clean"]) if m["zero"] != m["clean"] else None
+    return LmMetrics(n_tok, m["clean"], m["sae"], m["zero"], recovered, m["kl_sae"], m["kl_zero"])

@@ -19,7 +19,7 @@ is ever built. Weights use SAELens's names and layouts (W_enc [d_in, width], W_d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ class SaeConfig:
     """number of latents (dictionary size)"""
     k: int = 32
     """latents kept per row (TopK) or on average per row (BatchTopK)"""
-    kind: str = "topk"
-    """topk | batchtopk"""
+    kind: Literal["topk", "batchtopk"] = "topk"
+    """topk: k latents per row; batchtopk: k x rows per batch (a JumpReLU threshold at inference)"""
     site: str = ""
     """where it reads, e.g. "resid.15" (informational)"""
     model: str = ""

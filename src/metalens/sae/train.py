@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -40,8 +40,8 @@ class SaeTrainConfig:
     """latents kept per row (on average, for BatchTopK)"""
     width: int = 4608
     """number of latents"""
-    kind: str = "topk"
-    """topk | batchtopk"""
+    kind: Literal["topk", "batchtopk"] = "topk"
+    """topk: k latents per row; batchtopk: k x rows per batch"""
     batch_size: int = 4096
     """rows per step"""
     steps: int = 1000
@@ -54,7 +54,7 @@ class SaeTrainConfig:
     """latents used by AuxK; 0 = d_in // 2"""
     dead_tokens: int = 1_000_000
     """a latent that has not fired for this many training tokens counts as dead"""
-    b_dec_init: str = "median"
+    b_dec_init: Literal["median", "mean", "zero"] = "median"
     """median (geometric) | mean | zero: b_dec from the first batch"""
     skip_first: bool = True
     """drop rows at token position 0 of a store (an attention sink: ~100x the norm of other tokens on SmolLM2)"""
@@ -68,7 +68,7 @@ class SaeTrainConfig:
     """steps between log lines (FVU, L0, dead fraction)"""
 
 
-class _Source:
+class BatchSource:
     """Shuffled [batch, d] batches, forever: epoch e is shuffled with seed + e. Skips `start` batches."""
 
     def __init__(self, data: ActivationStore | torch.Tensor, site: str, skip_first: bool = False):
@@ -136,7 +136,7 @@ def train_sae(
     stop_after: stop (after checkpointing) once this many steps are done, as a kill would; for tests.
     """
     out = Path(cfg.out)
-    src = _Source(data, cfg.site, cfg.skip_first)
+    src = BatchSource(data, cfg.site, cfg.skip_first)
     if isinstance(data, ActivationStore) and not model_name:
         model_name = data.manifest.model
     out.mkdir(parents=True, exist_ok=True)

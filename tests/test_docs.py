@@ -49,11 +49,11 @@ def test_oracle_benchmark_reads_eval_files_from_research(monkeypatch):
 
 
 def test_research_eval_sets_rebuild_identically():
-    from metalens.oracle.tasks import default_data_dir
-
-    if not (default_data_dir() / "classification_datasets").is_dir():
-        pytest.skip(f"no AO data at {default_data_dir()} (set METALENS_AO_DATA)")
-    r = subprocess.run([sys.executable, str(ROOT / "research" / "oracle" / "make_eval_sets.py"), "--check"],
+    data = Path(os.environ.get("METALENS_AO_DATA") or ROOT.parent / "shared" / "data" / "ao")
+    if not (data / "classification_datasets").is_dir():
+        pytest.skip(f"no Activation Oracles data at {data} (set METALENS_AO_DATA)")
+    r = subprocess.run([sys.executable, str(ROOT / "research" / "oracle" / "make_eval_sets.py"), "--data", str(data),
+                        "--check"],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("identical") == 5

@@ -1,9 +1,10 @@
 """Rebuild the default oracle's evaluation sets in research/oracle/ from the AO data directory.
 
-    PYTHONPATH=src python research/oracle/make_eval_sets.py            # writes the five .jsonl files
-    PYTHONPATH=src python research/oracle/make_eval_sets.py --check    # only compares, byte for byte
+    PYTHONPATH=src python research/oracle/make_eval_sets.py --data $AO            # writes the five .jsonl files
+    PYTHONPATH=src python research/oracle/make_eval_sets.py --data $AO --check    # only compares, byte for byte
 
-The data directory is $METALENS_AO_DATA, else ../shared/data/ao (see metalens.oracle.tasks). The
+$AO is the Activation Oracles data directory (classification_datasets/, ...); without --data,
+$METALENS_AO_DATA is used. The
 seeds are the ones `metalens oracle train` uses for its final report sets (cfg.seed + 2 for the
 test items, + 3 for the probe's train items, cfg.seed = 0); the 360-item held-out set and the
 relation set were drawn with seed 7. Every file reads the last two context tokens.
@@ -15,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from metalens.oracle.tasks import (available_tasks, default_data_dir, relation_examples, save_jsonl,
-                                   yes_no_examples)
+from metalens.oracle.tasks import (OracleDataError, available_tasks, default_data_dir, relation_examples,
+                                   save_jsonl, yes_no_examples)
 
 HERE = Path(__file__).parent
 READ = (-2, None)
@@ -39,10 +40,15 @@ def build(data: Path) -> dict[str, list]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="AO data dir (default $METALENS_AO_DATA or ../shared/data/ao)")
+    ap.add_argument("--data", type=Path, default=None, help="AO data dir (default: $METALENS_AO_DATA)")
     ap.add_argument("--check", action="store_true", help="compare with the files here instead of writing them")
     args = ap.parse_args()
-    sets = build(args.data or default_data_dir())
+    try:
+        data = args.data or default_data_dir()
+    except OracleDataError as e:
+        print(e, file=sys.stderr)
+        return 2
+    sets = build(data)
     bad = 0
     for name, exs in sets.items():
         if args.check:

@@ -3,6 +3,7 @@ evaluation sets are rebuilt byte for byte from the AO data."""
 
 import glob
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -70,3 +71,29 @@ def test_readme_python_runs_as_written(i, tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_readme_numbers_agree_with_benchmark_results():
+    """Each number the README quotes, rebuilt from benchmarks/results/*.json: a rerun that changes one fails here."""
+    res = {n: json.loads((ROOT / "benchmarks" / "results" / f"{n}.json").read_text())
+           for n in ("capture", "sae", "autointerp", "oracle")}
+    cap, sae, ai, orc = res["capture"]["ratios"], res["sae"], res["autointerp"], res["oracle"]
+    ov = orc["heldout"]["overall"]
+    phrases = [
+        f"{cap['layer7_vs_hf']:.2f}x bare",
+        f"{cap['layer29_vs_hf']:.2f}x at the last layer",
+        f"{cap['layer7_vs_nnsight']:.2f}x nnsight at layer 7",
+        f"{sae['ratios']['saelens-6.54.12']['speedup']:.1f}x SAELens",
+        f"({sae['runs']['metalens']['fvu']:.3f} vs {sae['runs']['saelens-6.54.12']['fvu']:.3f})",
+        f"CE loss recovered {sae['lm']['ce_recovered']:.2f} at k={sae['lm']['k']}",
+        f"one-pass simulation {ai['speed']['speedup_wall']:.1f}x faster",
+        f"{ai['recovery']['features_per_cpu_minute']:.2f} features explained and scored per CPU-minute",
+        f"validity AUROC {ai['validity_auroc']:.2f}",
+        f"held-out AUROC {ov['oracle']['auroc']:.2f} against {ov['untrained']['auroc']:.2f} for untrained injection",
+        f"{ov['text']['auroc']:.2f} for the text-only control",
+        f"{ov['probe']['auroc']:.2f} for a linear probe",
+        f"`ask` takes {orc['ask_latency_s']['all']:.2f} s for a {orc['context_tokens']}-token context",
+    ]
+    readme = (ROOT / "README.md").read_text()
+    missing = [p for p in phrases if p not in readme]
+    assert missing == [], f"README disagrees with benchmarks/results: {missing}"

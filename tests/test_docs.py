@@ -97,3 +97,15 @@ def test_readme_numbers_agree_with_benchmark_results():
     readme = (ROOT / "README.md").read_text()
     missing = [p for p in phrases if p not in readme]
     assert missing == [], f"README disagrees with benchmarks/results: {missing}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("guide", ["core", "oracle", "autointerp", "sae"])
+def test_guide_python_runs_as_written(guide, tmp_path):
+    """A guide's Python blocks, in order, as one script (later blocks may use earlier names)."""
+    script = tmp_path / "guide.py"
+    script.write_text("\n".join(python_blocks(ROOT / "docs" / f"{guide}.md")))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 Batched and padding-aware (padding rows never come back), deterministic, and the forward pass
 stops right after the deepest requested block, so reading layer 7 of 30 costs ~8 blocks.
+An empty text gives no rows (it keeps its index: the texts after it keep theirs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .errors import DataError, DataTypeError
 from .models import Subject
 from .sites import Site, hook_site
 
@@ -96,9 +98,28 @@ def _keep_mask(attention_mask: torch.Tensor, positions: Positions) -> torch.Tens
     return keep
 
 
-def _batches(n: int, batch_size: int) -> Iterator[range]:
-    for start in range(0, n, batch_size):
-        yield range(start, min(n, start + batch_size))
+def _batches(keep: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(keep), batch_size):
+        yield list(keep[start : start + batch_size])
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_capture_args(texts, batch_size: int, max_length: int | None, positions: Positions) -> None:
+    """DataError unless texts is a list of strings and the numbers are in range (names the value)."""
+    if isinstance(texts, str):
+        raise DataTypeError("texts must be a list of strings, not one string: wrap it as [text]")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise DataTypeError(f"text {bad} is a {type(texts[bad]).__name__}, not a string")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if max_length is not None and (not _is_int(max_length) or max_length < 1):
+        raise DataError(f"max_length must be an integer >= 1 (or None: no truncation), got {max_length!r}")
+    if not (positions in ("all", "last") or _is_int(positions) or isinstance(positions, slice)):
+        raise DataError(f"positions must be 'all', 'last', an int or a slice, got {positions!r}")
 
 
 @torch.no_grad()
@@ -116,8 +137,9 @@ def capture(
     """Run the subject on texts and return the activations at the sites (on CPU, in `dtype`)."""
     if isinstance(sites, str):
         sites = [sites]
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not one string: wrap it as [text]")
+    check_capture_args(texts, batch_size, max_length, positions)
+    if not sites:
+        raise DataError("no site to capture: give at least one, e.g. resid.3")
     parsed: list[Site] = [subject.site(s) for s in sites]
     names = [str(s) for s in parsed]
     deepest = max(s.layer for s in parsed)
@@ -141,11 +163,14 @@ def capture(
     # registered after the recorders, so on the deepest block they run first
     handles.append(hook_site(model, Site(deepest, "resid"), stopper))
     parts: list[Activations] = []
+    nonempty = [i for i, t in enumerate(texts) if t]
     try:
-        for idx in tqdm(list(_batches(len(texts), batch_size)), desc="capture", disable=not progress):
+        for idx in tqdm(list(_batches(nonempty, batch_size)), desc="capture", disable=not progress):
             enc = tokenize(subject, [texts[i] for i in idx], max_length, add_special_tokens)
             ids = enc["input_ids"].to(subject.device)  # [batch, seq]
             mask = enc["attention_mask"].to(subject.device)  # [batch, seq]
+            if ids.shape[1] == 0:
+                continue  # nothing to read (texts that tokenize to no tokens)
             seen.clear()
             try:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -157,7 +182,7 @@ def capture(
                 Activations(
                     {n: seen[n][keep.to(seen[n].device)].to("cpu", dtype) for n in names},  # [n_rows, d]
                     ids.cpu()[keep],
-                    torch.as_tensor(list(idx))[b_idx],
+                    torch.as_tensor(idx, dtype=torch.long)[b_idx],
                     p_idx,
                 )
             )

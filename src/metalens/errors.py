@@ -14,3 +14,7 @@ class MetalensError(Exception):
 
 class DataError(MetalensError, ValueError):
     """An input file or value is malformed (the message names `file:line` where there is one)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """An input value of the wrong type (a string where a list was expected, a number where a string was)."""

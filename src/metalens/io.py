@@ -97,17 +97,23 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """The lines of a UTF-8 text file; a missing or non-UTF-8 file is a DataError naming it."""
+    """The lines of a UTF-8 text file (split on newlines only; a BOM and CRLF endings are dropped);
+    a missing or non-UTF-8 file is a DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file {str(path)!r} does not exist (or is not a file)")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
                         "convert the file to UTF-8") from None
+    # split on "\n" only (not str.splitlines, which also splits on \x0b, \x1c, U+2028...): line i is text i
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
@@ -120,6 +126,8 @@ def jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
             yield f"{path}:{i}", json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{i}: JSON nested too deeply") from None
 
 
 def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
@@ -141,43 +149,64 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence) -> Path:
 DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".csv": "csv"}
 
 
-def read_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None) -> list[str]:
+def read_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None,
+               keep_blank: bool = False) -> list[str]:
     """Texts from a file or a local Hugging Face dataset, in order.
 
     - `.txt`: one text per non-blank line;
     - `.jsonl`: one JSON object per line, the text in `column`;
     - `.parquet` / `.arrow` / `.json` / `.csv`, or a directory saved with `Dataset.save_to_disk` or holding such
       files: read with `datasets`, streamed (only the first `limit` rows are read), the text in `column`.
+
+    keep_blank: a blank line of a .txt or .jsonl file (and a blank text) becomes an empty text "" instead of
+    being dropped, so text i is line i + 1 of the file (`limit` then counts lines). Capture skips empty
+    texts, so a store's `text_idx` + 1 is the source line.
     """
-    return list(iter_texts(path, column, limit))
+    return list(iter_texts(path, column, limit, keep_blank))
 
 
-def iter_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None) -> Iterator[str]:
+def iter_texts(path: str | os.PathLike, column: str = "text", limit: int | None = None,
+               keep_blank: bool = False) -> Iterator[str]:
     """Like `read_texts`, one text at a time (large datasets are streamed, never loaded whole)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"texts {str(path)!r} do not exist: give a .txt, .jsonl, parquet/arrow/json/csv file or "
                         "a local Hugging Face dataset directory")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise DataError(f"limit must be an integer >= 0 (or None: all), got {limit!r}")
     n = 0
-    for text in _texts_of(path, column):
+    for text in _texts_of(path, column, keep_blank):
         if limit is not None and n >= limit:
             return
         n += 1
         yield text
 
 
-def _texts_of(path: Path, column: str) -> Iterator[str]:
+def _texts_of(path: Path, column: str, keep_blank: bool) -> Iterator[str]:
     if path.is_file() and path.suffix == ".jsonl":
+        line = 0
         for where, obj in jsonl_objects(path):
+            at = int(where.rpartition(":")[2])
+            if keep_blank:
+                yield from [""] * (at - line - 1)  # blank lines keep their place
+            line = at
             if not isinstance(obj.get(column), str):
                 raise DataError(f"{where}: expected a string in field {column!r}, got "
                                 f"{type(obj.get(column)).__name__} (pick the field with --column)")
-            yield obj[column]
+            if obj[column].strip() or keep_blank:
+                yield obj[column] if obj[column].strip() else ""
         return
     if path.is_file() and path.suffix not in DATASET_SUFFIXES:
-        yield from (line for line in read_lines(path) if line.strip())
+        for line in read_lines(path):
+            if line.strip() or keep_blank:
+                yield line if line.strip() else ""
         return
-    yield from _dataset_texts(path, column)
+    if path.is_dir() or path.suffix in DATASET_SUFFIXES:
+        for text in _dataset_texts(path, column):
+            if text.strip() or keep_blank:
+                yield text if text.strip() else ""
+        return
+    raise DataError(f"texts {str(path)!r} are neither a file nor a directory")
 
 
 def _dataset_texts(path: Path, column: str) -> Iterator[str]:

@@ -121,14 +121,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("METALENS_CACHE", Path.home() / ".cache" / "metalens"))
 
 
+def available_devices() -> list[str]:
+    """Device names usable here, e.g. ['cpu', 'cuda:0']."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> the best device here; any other name must be available (ModelError naming those that are)."""
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    have = available_devices()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"unknown device {str(device)!r}; available here: auto, {', '.join(have)}") from None
+    ok = (dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available()
+                                 and (dev.index or 0) < torch.cuda.device_count())
+          or (dev.type == "mps" and "mps" in have))
+    if not ok:
+        raise ModelError(f"device {str(device)!r} is not available here; available: auto, {', '.join(have)}")
+    return dev
 
 
 def default_gguf_path() -> Path:
@@ -242,13 +263,21 @@ def load_subject(
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read a model config in {str(path)!r}: {e}") from e
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report: a mismatch is our ModelError below, not a warning table
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except ValueError as e:
         raise ModelError(
             f"{str(path)!r} (model_type {getattr(config, 'model_type', '?')!r}) is not a causal language model "
             f"that transformers can load with AutoModelForCausalLM: {e}"
         ) from e
+    except (OSError, RuntimeError) as e:  # no weights file, weights that do not fit the config, unreadable files
+        raise ModelError(f"cannot load the weights in {str(path)!r}: {str(e).splitlines()[0][:300]}; check that "
+                         "config.json describes these weights") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(info, path)
     arch_of(model)  # fail now, with the list of supported families, not at the first capture
     model.to(dev).eval()
     model.requires_grad_(False)
@@ -256,6 +285,22 @@ def load_subject(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return Subject(model=model, tokenizer=tok, name=name, path=str(path))
+
+
+def check_loading_info(info: dict, path) -> None:
+    """ModelError when the weights do not fit the config: missing (randomly initialised), unexpected or
+    mis-shaped tensors (e.g. config.json says one layer more than the weights hold)."""
+    problems = []
+    for key, what in (("missing_keys", "missing from the weights (would be random)"),
+                      ("unexpected_keys", "in the weights but not in the model the config describes"),
+                      ("mismatched_keys", "of another shape than the config says")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if names:
+            problems.append(f"{len(names)} tensors {what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
+    problems += [str(m) for m in info.get("error_msgs") or ()]
+    if problems:
+        raise ModelError(f"config.json in {str(path)!r} does not fit its weights: {'; '.join(problems)}. "
+                         "Fix the config (e.g. num_hidden_layers, hidden_size) or use the matching weights")
 
 
 def subject_from(model: nn.Module, tokenizer, name: str = "model") -> Subject:

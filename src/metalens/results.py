@@ -6,13 +6,16 @@
     db.add_explanation(run.id, feature="resid.15/sae:12", text="months of the year", scores={...})
 
 Each run keeps its config JSON, the code version, start/end time, status and output paths, so
-every number in it can be traced back to the job that produced it.
+every number in it can be traced back to the job that produced it. A run also records the pid and
+host of its process: opening the database marks `running` runs whose process is gone (killed,
+crashed, machine rebooted) as `interrupted`. Older databases gain these columns on open.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -21,7 +24,33 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import MetalensError
 from .models import cache_dir
+
+
+class ResultsError(MetalensError, RuntimeError):
+    """A results database that cannot be opened or is not one."""
+
+
+MIGRATIONS = (("pid", "INTEGER"), ("host", "TEXT"), ("boot", "TEXT"))
+
+
+def boot_id() -> str:
+    """This machine's boot id ('' where the OS has none): tells a pid of this boot from one of an earlier boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,8 +60,11 @@ CREATE TABLE IF NOT EXISTS runs (
     code_version TEXT NOT NULL,
     started REAL NOT NULL,
     ended REAL,
-    status TEXT NOT NULL,          -- running | done | failed
-    outputs TEXT NOT NULL DEFAULT '{}'  -- JSON {name: path}
+    status TEXT NOT NULL,          -- running | done | failed | interrupted
+    outputs TEXT NOT NULL DEFAULT '{}',  -- JSON {name: path}
+    pid INTEGER,                   -- process that ran it
+    host TEXT,                     -- and its host name
+    boot TEXT                      -- that host's boot id (a reboot ends every process)
 );
 CREATE TABLE IF NOT EXISTS explanations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,20 +135,44 @@ class ResultsDB:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(SCHEMA)
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+            with self.conn:
+                for col, typ in MIGRATIONS:
+                    if col not in have:
+                        self.conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+        except sqlite3.DatabaseError as e:
+            raise ResultsError(f"{self.path} is not a usable results database ({e}); move it away or set "
+                               "METALENS_RESULTS to another file") from None
+        self.mark_interrupted()
 
     def close(self) -> None:
         self.conn.close()
 
     # ---- runs --------------------------------------------------------------------------------
+    def mark_interrupted(self) -> list[int]:
+        """Mark `running` runs of this host whose process is gone (or that began before this boot) as
+        `interrupted`; returns their ids. Runs of other hosts, and of older versions (no pid), are left."""
+        host, boot = socket.gethostname(), boot_id()
+        rows = self.conn.execute("SELECT id, pid, boot FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
+        gone = [r["id"] for r in rows if r["pid"] is not None
+                and ((boot and r["boot"] and r["boot"] != boot) or not process_alive(r["pid"]))]
+        if gone:
+            with self.conn:
+                self.conn.executemany("UPDATE runs SET status='interrupted' WHERE id=? AND status='running'",
+                                      [(i,) for i in gone])
+        return gone
+
     def start_run(self, kind: str, config: Any) -> Run:
         with self.conn:
             cur = self.conn.execute(
-                "INSERT INTO runs(kind, config, code_version, started, status) VALUES (?,?,?,?,?)",
-                (kind, _json(config), code_version(), time.time(), "running"),
+                "INSERT INTO runs(kind, config, code_version, started, status, pid, host, boot) VALUES (?,?,?,?,?,?,?,?)",
+                (kind, _json(config), code_version(), time.time(), "running", os.getpid(), socket.gethostname(),
+                 boot_id()),
             )
         return Run(cur.lastrowid)
 
@@ -129,7 +185,8 @@ class ResultsDB:
 
     @contextmanager
     def run(self, kind: str, config: Any) -> Iterator[Run]:
-        """A run that is marked done on exit, or failed if an exception escapes."""
+        """A run that is marked done on exit, or failed if an exception escapes (Ctrl-C included); a run
+        whose process is killed outright is marked interrupted when a database is next opened."""
         r = self.start_run(kind, config)
         try:
             yield r

@@ -26,6 +26,7 @@ from typing import Iterator, NamedTuple, Protocol, Sequence
 import torch
 
 from .capture import capture
+from .errors import DataError
 from .intervene import add, edit
 from .models import Subject
 
@@ -52,7 +53,18 @@ class SteeringVector(NamedTuple):
 def clamp_feature(
     subject: Subject, site: str, sae: Dictionary, latent: int, value: float, positions=None, keep_error: bool = True,
 ) -> Iterator[None]:
-    """Set one dictionary latent to `value` at `site` (all tokens, or `positions` as in intervene.edit)."""
+    """Set one dictionary latent to `value` at `site` (all tokens, or `positions` as in intervene.edit).
+
+    A dictionary that names its site and input width (`sae.cfg.site`, `sae.cfg.d_in`) must match `site`.
+    """
+    site = str(subject.site(site))
+    cfg = getattr(sae, "cfg", None)
+    own = str(subject.site(cfg.site)) if getattr(cfg, "site", "") else None
+    if own is not None and own != site:
+        raise DataError(f"the SAE reads {own} but clamping was asked at {site}; clamp at the SAE's own site")
+    if getattr(cfg, "d_in", None) not in (None, subject.width(site)):
+        raise DataError(f"the SAE reads width {cfg.d_in} but {site} of {subject.name} has width {subject.width(site)}: "
+                        "it belongs to another model")
 
     @torch.no_grad()
     def fn(a: torch.Tensor) -> torch.Tensor:  # [n, d]
@@ -78,7 +90,7 @@ def _prompt_acts(subject: Subject, prompts: Sequence[str], site: str, reduce: st
         n = len(texts)
         sums = torch.zeros(n, acts[site].shape[1]).index_add_(0, acts.text_idx, acts[site])
         return sums / torch.bincount(acts.text_idx, minlength=n).clamp_min(1)[:, None]
-    raise ValueError(f"reduce must be 'last' or 'mean'; got {reduce!r}")
+    raise DataError(f"reduce must be 'last' or 'mean'; got {reduce!r}")
 
 
 def contrastive_vector(
@@ -87,9 +99,12 @@ def contrastive_vector(
 ) -> SteeringVector:
     """A steering vector from (positive, negative) prompt pairs; see the module doc."""
     if not pairs:
-        raise ValueError("need at least one (positive, negative) prompt pair")
+        raise DataError("need at least one (positive, negative) prompt pair")
     if method not in ("mean", "pca"):
-        raise ValueError(f"method must be 'mean' or 'pca'; got {method!r}")
+        raise DataError(f"method must be 'mean' or 'pca'; got {method!r}")
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) and t for t in pair)):
+            raise DataError(f"pair {i} must be two non-empty prompts (positive, negative), got {str(pair)[:80]!r}")
     site = str(subject.site(site))
     pos = _prompt_acts(subject, [p for p, _ in pairs], site, reduce, chat)  # [n, d]
     neg = _prompt_acts(subject, [n for _, n in pairs], site, reduce, chat)  # [n, d]

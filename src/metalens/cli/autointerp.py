@@ -61,7 +61,15 @@ def explain(
     st = ActivationStore(store)
     for f in feats:
         if f.site not in st.sites:
-            raise typer.BadParameter(f"site {f.site!r} is not in the store; it holds {st.sites}", param_hint="--features")
+            raise typer.BadParameter(f"feature {f.id}: site {f.site!r} is not in the store {str(store)!r}; it holds "
+                                     f"{st.sites}", param_hint="--features")
+        index = getattr(f, "index", None)
+        if index is None and ":" in f.id:
+            index = int(f.id.rpartition(":")[2])
+        if index is not None and index >= st.manifest.widths[f.site]:
+            raise typer.BadParameter(f"feature {f.id}: index {index} is out of range; {f.site} in the store has "
+                                     f"{st.manifest.widths[f.site]} dimensions (0..{st.manifest.widths[f.site] - 1})",
+                                     param_hint="--features")
     s = load_model(model, device)
     llm = (EndpointLLM(EndpointConfig(base_url=endpoint, model=endpoint_model, timeout=timeout, max_retries=retries))
            if endpoint else LocalLLM(s))

@@ -63,7 +63,10 @@ def emit(obj, as_json: bool, human: Callable[[], None] | None = None) -> None:
 
 def fail(message: str, code: int = 2):
     """Print one error line and exit (status 2: a usage or input mistake)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # one line, never wrapped (a path broken in two cannot be copied); the message is text, not markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -95,6 +98,10 @@ def command(app: typer.Typer, name: str | None = None, record: bool = True, kind
                 if DEBUG["on"]:
                     raise
                 fail(str(e))
+            except OSError as e:  # a path that cannot be written or read: permissions, a full disk, a directory
+                if DEBUG["on"]:
+                    raise
+                fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''} (rerun with --debug for the traceback)")
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted[/]: finished work is saved; rerun the same command to resume")
                 raise typer.Exit(130)
@@ -119,13 +126,15 @@ def load_model(model: Optional[str], device: str):
         return load_subject(model, device=device)
 
 
-def read_texts(path: Path, column: str = "text", limit: int | None = None) -> list[str]:
-    """Texts for a command (.txt, .jsonl, parquet/arrow/json/csv, a saved HF dataset); empty is an error."""
+def read_texts(path: Path, column: str = "text", limit: int | None = None, keep_blank: bool = False) -> list[str]:
+    """Texts for a command (.txt, .jsonl, parquet/arrow/json/csv, a saved HF dataset); no text is an error.
+
+    keep_blank keeps blank lines as empty texts (text i = line i + 1; capture skips them)."""
     from ..errors import DataError
     from ..io import read_texts as read
 
-    texts = read(path, column, limit)
-    if not texts:
+    texts = read(path, column, limit, keep_blank)
+    if not any(texts):
         raise DataError(f"texts {str(path)!r} hold no text: give a file with at least one non-blank line")
     return texts
 
@@ -147,8 +156,20 @@ def parse_indices(spec: str, what: str = "indices") -> list[int]:
     return out
 
 
-def at_least(name: str, value, low):
-    """Raise BadParameter unless value >= low (numeric options: steps, batch sizes, shard sizes...)."""
-    if value is None or value < low:
-        raise typer.BadParameter(f"{name} must be >= {low}, got {value}", param_hint=name)
+def at_least(name: str, value, low, high=None):
+    """Raise BadParameter unless low <= value (<= high) and finite (numeric options: steps, batch sizes...)."""
+    import math
+
+    if value is None or not value >= low or (high is not None and not value <= high) or not math.isfinite(value):
+        accepted = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise typer.BadParameter(f"{name} must be {accepted}, got {value}", param_hint=name)
+    return value
+
+
+def finite(name: str, value: float) -> float:
+    """Raise BadParameter unless value is a finite number (scales, multipliers)."""
+    import math
+
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{name} must be a finite number, got {value}", param_hint=name)
     return value

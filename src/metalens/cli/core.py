@@ -42,15 +42,19 @@ def capture(
     model: Optional[str] = ModelOpt,
     device: str = DeviceOpt,
     column: str = ColumnOpt,
-    limit: int = typer.Option(0, "--limit", help="read only the first N texts (0 = all)"),
+    limit: int = typer.Option(0, "--limit", help="read only the first N lines / rows (0 = all)"),
     batch_size: int = typer.Option(16, help="texts per forward pass"),
     max_length: int = typer.Option(128, help="tokens per text (longer texts are truncated)"),
     positions: str = typer.Option("all", help="all | last"),
     dtype: str = typer.Option("float32", help="storage dtype: float32 | bfloat16 | float16"),
     texts_per_shard: int = typer.Option(256, help="texts per shard (the unit of resume)"),
+    repair: bool = typer.Option(False, "--repair", help="drop the first bad shard of OUT and every later one, then "
+                                "capture their texts again"),
     as_json: bool = JsonOpt,
 ):
-    """Capture activations of texts at sites into an ActivationStore (resumable)."""
+    """Capture activations of texts at sites into an ActivationStore (resumable).
+
+    Blank lines are kept as empty texts that produce no rows, so a row's text index + 1 is its line."""
     from ..store import DTYPES, capture_to_store
 
     at_least("--batch-size", batch_size, 1)
@@ -61,14 +65,16 @@ def capture(
         raise typer.BadParameter(f"--positions must be all or last, got {positions!r}", param_hint="--positions")
     if dtype not in DTYPES:
         raise typer.BadParameter(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}", param_hint="--dtype")
-    data = read_texts(texts, column, limit or None)
-    s = load_model(model, device)
+    data = read_texts(texts, column, limit or None, keep_blank=True)
     site_list = [x.strip() for x in sites.split(",") if x.strip()]
+    if not site_list:
+        raise typer.BadParameter(f"--sites names no site: {sites!r}; e.g. resid.3,mlp.5", param_hint="--sites")
+    s = load_model(model, device)
     for x in site_list:
         s.site(x)  # a SiteError names the valid sites
     store = capture_to_store(s, data, site_list, out, source=str(texts), texts_per_shard=texts_per_shard,
                              batch_size=batch_size, max_length=max_length, positions=positions, dtype=dtype,
-                             progress=not as_json)
+                             progress=not as_json, repair=repair)
     m = store.manifest
     summary = dict(out=str(out), rows=m.n_rows, texts=m.texts_done, shards=len(m.shards), sites=m.sites,
                    mean_norm={x: round(store.mean_norm(x), 4) for x in m.sites})
@@ -113,6 +119,8 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: binding {host}: anyone who can reach this machine can use the model")
+    at_least("--port", port, 1, 65535)
+    at_least("--max-logprobs", max_logprobs, 0)
     s = load_model(model, device)
     console.print(f"metalens serve: {s.name} on http://{host}:{port}/v1")
     run_server(LocalLLM(s), host=host, port=port, max_logprobs=max_logprobs)

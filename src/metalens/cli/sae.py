@@ -33,6 +33,13 @@ def check_site(sae_site: str | None, store_sites: list[str], given: str | None =
     return site
 
 
+def check_width(sae, site: str, width: int, where: str) -> None:
+    """The SAE's input width must be the site's width in the store / model it reads."""
+    if sae.cfg.d_in != width:
+        raise DataError(f"the SAE reads {site} of width {sae.cfg.d_in} but {site} in {where} has width {width}: "
+                        "they come from different models")
+
+
 @command(sae_app, "train", kind="sae.train")
 def train_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="ActivationStore directory (from `metalens capture`)"),
@@ -122,7 +129,13 @@ def eval_cmd(
     site = check_site(sae.cfg.site, st.sites, site) if st is not None else (site or sae.cfg.site)
     if not site:
         raise typer.BadParameter("the SAE does not name its site; pass --site", param_hint="--site")
+    if sae.cfg.site and site != sae.cfg.site:
+        raise DataError(f"--site {site} differs from the SAE's own site {sae.cfg.site}; drop --site or use a matching SAE")
+    if st is not None:
+        check_width(sae, site, st.manifest.widths[site], f"store {str(store)!r}")
     s = load_model(model, device)
+    site = str(s.site(site))
+    check_width(sae, site, s.width(site), s.name)
     data = _texts(texts, column, n_texts)
     if st is not None:
         recon = reconstruction_metrics(sae, st, site, max_rows=rows)
@@ -157,6 +170,7 @@ def pages_cmd(
     sae = load_sae(sae_dir)
     st = ActivationStore(store)
     site = check_site(sae.cfg.site, st.sites)
+    check_width(sae, site, st.manifest.widths[site], f"store {str(store)!r}")
     acts = st.load(site)
     acts = acts.select(torch.arange(min(rows, len(acts))))
     acts = acts.select(acts.positions > 0)  # position 0: attention sink, ~100x the norm, not a feature
@@ -165,6 +179,7 @@ def pages_cmd(
             n = int(latents[3:])
         except ValueError:
             raise typer.BadParameter(f"--latents topN needs a number, got {latents!r}", param_hint="--latents") from None
+        at_least("--latents topN", n, 1)
         freq = sum((sae.encode(acts[site][i : i + 4096]) > 0).sum(0) for i in range(0, len(acts), 4096))
         chosen = freq.argsort(descending=True)[:n].tolist()
     else:

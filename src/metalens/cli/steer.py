@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import DataError
-from .common import ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, console, load_model, read_texts
+from .common import (ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, console, finite, load_model,
+                     read_texts)
 
 app = typer.Typer()
 
@@ -28,7 +29,7 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 @command(app, "steer")
 def steer(
     prompts: list[str] = typer.Argument(..., help="prompts to generate from, with and without steering"),
-    site: str = typer.Option("resid.10", help="site to steer"),
+    site: Optional[str] = typer.Option(None, help="site to steer (default resid.10; with --sae: the SAE's own)"),
     pos: Optional[list[str]] = typer.Option(None, "--pos", help="positive prompt (repeat; paired with --neg)"),
     neg: Optional[list[str]] = typer.Option(None, "--neg", help="negative prompt (repeat)"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help='.jsonl of {"pos": ..., "neg": ...}'),
@@ -49,6 +50,10 @@ def steer(
     from .. import steer as st
 
     at_least("--max-new-tokens", max_new_tokens, 1)
+    finite("--multiplier", multiplier)
+    finite("--value", value)
+    if start is not None:
+        at_least("--start", start, 0)
     if method not in ("mean", "pca"):
         raise typer.BadParameter(f"--method must be mean or pca, got {method!r}", param_hint="--method")
     if reduce not in ("last", "mean"):
@@ -60,10 +65,18 @@ def steer(
         sae = load_sae(sae_dir, device=s.device)
         if not 0 <= latent < sae.cfg.width:
             raise typer.BadParameter(f"--sae needs --latent in 0..{sae.cfg.width - 1}, got {latent}", param_hint="--latent")
-        site = sae.cfg.site or site
+        own = str(s.site(sae.cfg.site)) if sae.cfg.site else None
+        if own and site and str(s.site(site)) != own:
+            raise DataError(f"--site {site} differs from the SAE's own site {own}; drop --site or use a matching SAE")
+        site = own or site
+        if not site:
+            raise DataError("the SAE does not name its site; pass --site")
+        if sae.cfg.d_in != s.width(site):
+            raise DataError(f"the SAE reads width {sae.cfg.d_in} but {site} of {s.name} has width {s.width(site)}")
         info = dict(kind="clamp", sae=str(sae_dir), site=site, latent=latent, value=value)
         make = lambda: st.clamp_feature(s, site, sae, latent, value, positions=start)  # noqa: E731
     else:
+        site = site or "resid.10"
         if len(pos or []) != len(neg or []):
             raise typer.BadParameter("give as many --pos as --neg prompts (or --pairs FILE)", param_hint="--pos")
         pp = list(zip(pos or [], neg or [])) + (read_pairs(pairs) if pairs is not None else [])

@@ -7,6 +7,7 @@ subject); the oracle's forward pass runs with it enabled and the read vectors in
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
 from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
-from .tasks import Example, OracleDataError
+from .tasks import Example, OracleDataError, example_from_dict
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 SETTINGS_FILE = "oracle.json"
@@ -61,7 +62,19 @@ class Oracle:
         if not (d / SETTINGS_FILE).exists():
             raise OracleDataError(f"{str(d)!r} holds no oracle ({SETTINGS_FILE} missing): give a directory saved by "
                                   "`metalens oracle train` or 'default'")
-        settings = json.loads((d / SETTINGS_FILE).read_text())
+        try:
+            settings = json.loads((d / SETTINGS_FILE).read_bytes().decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise OracleDataError(f"{d / SETTINGS_FILE} is not valid JSON ({e})") from None
+        layers = settings.get("layers") if isinstance(settings, dict) else None
+        if not (isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+            raise OracleDataError(f"{d / SETTINGS_FILE}: expected a JSON object with 'layers': [int, ...], got "
+                                  f"{str(settings)[:120]!r}")
+        if not (d / "adapter_config.json").is_file():
+            raise OracleDataError(f"{str(d)!r} holds {SETTINGS_FILE} but no adapter (adapter_config.json missing): "
+                                  "give a directory saved by `metalens oracle train`")
+        if model is None and not isinstance(settings.get("model"), (str, type(None))):
+            raise OracleDataError(f"{d / SETTINGS_FILE}: 'model' must be a string, got {settings.get('model')!r}")
         subject = load_subject(model if model is not None else settings.get("model"), device=device)
         peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
@@ -96,6 +109,16 @@ class Oracle:
     def layers(self) -> list[int]:
         return list(self.settings["layers"])
 
+    def layer(self, layer: int | None) -> int:
+        """A read layer as a block index: None = the oracle's own; negative counts from the end (-1 = last)."""
+        if layer is None:
+            return self.layers[0]
+        if isinstance(layer, torch.Tensor) and layer.numel() == 1:
+            layer = layer.item()
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise OracleDataError(f"layer must be an integer, got {layer!r}")
+        return self.subject.site(f"resid.{int(layer)}").layer  # SiteError names the valid range
+
     def adapter(self, on: bool):
         """Context: adapter enabled (oracle) or disabled (the plain subject)."""
         return nullcontext() if on or self.peft is None else self.peft.disable_adapter()
@@ -108,6 +131,7 @@ class Oracle:
 
     def _batch(self, examples, layers, answers=None, as_text: bool = False):
         tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
             prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
                        for e, L in zip(examples, layers)]
@@ -140,7 +164,12 @@ class Oracle:
                      as_text: bool = False, batch_size: int = 16) -> torch.Tensor:
         """P(each choice) from the first answer token's logits, softmaxed over the choices: [n, n_choices]."""
         tok = self.subject.tokenizer
-        layers = list(layers) if layers is not None else [self.layers[0]] * len(examples)
+        layers = [self.layer(x) for x in layers] if layers is not None else [self.layers[0]] * len(examples)
+        if len(layers) != len(examples):
+            raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
+        for i, e in enumerate(examples):
+            if not e.choices or len(e.choices) < 2:
+                raise OracleDataError(f"example {i} ({e.task}) has choices {e.choices!r}: scoring needs at least two")
         out = []
         for i in range(0, len(examples), batch_size):
             part = examples[i : i + batch_size]
@@ -158,10 +187,18 @@ class Oracle:
     def ask(self, context, question: str, layer: int | None = None, read="all", choices: Sequence[str] | None = None,
             max_new_tokens: int = 32) -> Answer:
         """Answer a question about the subject's activations on `context` (text or chat messages)."""
-        layer = self.layers[0] if layer is None else int(layer)
-        self.subject.site(f"resid.{layer}")  # validates the layer
-        read = tuple(read) if isinstance(read, list) else read
-        ex = Example(context, question, "", read, tuple(choices) if choices else None, "ask")
+        layer = self.layer(layer)
+        if isinstance(choices, str):
+            raise OracleDataError(f"choices must be a list of options, not one string {choices!r}")
+        if choices is not None and len(choices) < 2:
+            raise OracleDataError(f"choices {list(choices)!r}: give at least two options (one option always gets P=1)")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OracleDataError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        obj = {"context": context, "question": question, "read": list(read) if isinstance(read, tuple) else read,
+               "task": "ask"}
+        if choices is not None:
+            obj["choices"] = list(choices)
+        ex = example_from_dict(obj, "ask")  # OracleDataError names a bad context, question, read or choices
         batch, vectors = self._batch([ex], [layer])
         s = self.settings
         with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),

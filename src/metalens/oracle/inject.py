@@ -76,24 +76,45 @@ def context_text(tokenizer, context) -> str:
     return tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
 
 
+def context_limit(subject: Subject) -> int | None:
+    """The most tokens the subject can read at once (its config's max_position_embeddings), if it says."""
+    n = getattr(subject.model.config, "max_position_embeddings", None) or getattr(subject.model.config, "n_positions", None)
+    return int(n) if n else None
+
+
 @torch.no_grad()
 def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence[int], batch_size: int = 16,
-                 max_tokens: int = 512) -> list[torch.Tensor]:
+                 max_tokens: int | None = None) -> list[torch.Tensor]:
     """Residual stream after block layers[i] at the read positions of example i: list of [k_i, d].
 
+    The whole context is read (never cut): a context longer than `max_tokens` (default: the subject's
+    max_position_embeddings) is an OracleDataError naming its length and the limit.
     Run it with any oracle adapter disabled (`with peft_model.disable_adapter():`).
     """
     tok = subject.tokenizer
+    limit = max_tokens if max_tokens is not None else context_limit(subject)
     toks = [context_tokens(tok, e.context) for e in examples]
+    for i, ct in enumerate(toks):
+        if not ct.ids:
+            raise OracleDataError(f"context {i} is empty (no tokens): give the text the subject should read")
+        if limit is not None and len(ct.ids) > limit:
+            raise OracleDataError(
+                f"context {i} is {len(ct.ids)} tokens, more than the {limit} the subject can read "
+                f"({'max_tokens' if max_tokens is not None else 'max_position_embeddings of its config'}); "
+                "shorten the context (only the read tokens are injected, but the subject reads all of them), "
+                "or raise the limit with read_vectors(..., max_tokens=N)")
+    if len(layers) != len(examples):
+        raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
+    layers = [subject.site(f"resid.{layer}").layer for layer in layers]  # negative: from the end; SiteError if bad
     texts = [reading_text(tok, e.context) for e in examples]
     sites = sorted({f"resid.{layer}" for layer in layers})
-    acts = capture(subject, texts, sites, batch_size=batch_size, max_length=max_tokens, add_special_tokens=False,
+    acts = capture(subject, texts, sites, batch_size=batch_size, max_length=None, add_special_tokens=False,
                    progress=False)
     out = []
     for i, (e, ct, layer) in enumerate(zip(examples, toks, layers)):
         rows = (acts.text_idx == i).nonzero(as_tuple=True)[0]  # this text's rows, in position order
         n = len(rows)
-        if n != min(len(ct.ids), max_tokens):
+        if n != len(ct.ids):
             raise OracleDataError(f"context {i} tokenized to {len(ct.ids)} ids but the subject read {n}")
         sl = read_slice(e.read, n - ct.readable)
         out.append(acts[f"resid.{layer}"][rows[ct.readable + sl.start : ct.readable + sl.stop]])  # [k, d]

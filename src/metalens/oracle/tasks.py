@@ -76,10 +76,14 @@ def _check(obj, where: str) -> Example:
                 raise OracleDataError(f"{where}: 'context' as a list must hold chat messages {{'role': str, 'content': str}}, got {m!r}")
     elif not isinstance(ctx, str):
         raise OracleDataError(f"{where}: 'context' must be a string or a list of chat messages, got {type(ctx).__name__}")
+    if not ctx or (isinstance(ctx, str) and not ctx.strip()):
+        raise OracleDataError(f"{where}: 'context' is empty: give the text (or chat messages) the subject reads")
     for key in ("question", "answer", "task"):
         if key in obj and not isinstance(obj[key], str):
             raise OracleDataError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} {obj[key]!r}")
     read = obj.get("read", "all")
+    if isinstance(read, tuple):
+        read = list(read)
     if isinstance(read, list):
         if len(read) != 2 or not all(r is None or (isinstance(r, int) and not isinstance(r, bool)) for r in read):
             raise OracleDataError(f"{where}: 'read' as a list must be [start, end] integers (end may be null), got {read!r}")
@@ -88,8 +92,11 @@ def _check(obj, where: str) -> Example:
         raise OracleDataError(f"{where}: 'read' must be 'last', 'all' or [start, end], got {read!r}")
     choices = obj.get("choices")
     if choices is not None:
-        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+        if not (isinstance(choices, (list, tuple)) and len(choices) >= 2
+                and all(isinstance(c, str) and c.strip() for c in choices)):
             raise OracleDataError(f"{where}: 'choices' must be a list of at least two non-empty strings, got {choices!r}")
+        if len(set(choices)) != len(choices):
+            raise OracleDataError(f"{where}: 'choices' repeats an option: {choices!r}")
         choices = tuple(choices)
     return Example(ctx, obj["question"], obj.get("answer", ""), read, choices, obj.get("task", "custom"))
 
@@ -117,6 +124,8 @@ def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
 
 def read_slice(read, n: int) -> slice:
     """The token slice of a context of n tokens that `read` selects (never empty for n > 0)."""
+    if n <= 0:
+        raise OracleDataError("the context has no tokens to read")
     if read == "all":
         return slice(0, n)
     if read == "last":

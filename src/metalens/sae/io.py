@@ -12,6 +12,7 @@ value per latent); a TopK SAE as "topk" with its k.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json
 from .model import Sae, SaeConfig
 
@@ -80,34 +82,76 @@ def save_sae(sae: Sae, path: str | os.PathLike, extra: dict | None = None) -> Pa
     return path
 
 
+def _positive_int(raw: dict, key: str, where: Path) -> int:
+    v = raw.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v < 1:
+        raise DataError(f"{where}: {key!r} must be a positive integer, got {v!r}")
+    return int(v)
+
+
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
-    """Load ours or a SAELens SAE (topk / jumprelu) from a directory."""
+    """Load ours or a SAELens SAE (topk / jumprelu) from a directory; a malformed one is a DataError naming the file."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
-    if not cfg_path.exists() or not w_path.exists():
-        raise FileNotFoundError(f"{str(path)!r} is not an SAE directory: expected {CFG_FILE} and {WEIGHTS_FILE} in it")
-    raw = json.loads(cfg_path.read_text())
-    w = load_file(w_path)
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise DataError(f"{str(path)!r} is not an SAE directory: expected {CFG_FILE} and {WEIGHTS_FILE} in it")
+    try:
+        raw = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{cfg_path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        w = load_file(w_path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"{w_path} cannot be read as safetensors ({e})") from None
     arch = raw.get("architecture", "standard")
     meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{cfg_path}: 'metadata' must be an object, got {type(meta).__name__}")
     ours = meta.get("metalens")
+    if ours is not None and not isinstance(ours, dict):
+        raise DataError(f"{cfg_path}: metadata.metalens must be an object, got {type(ours).__name__}")
     if raw.get("apply_b_dec_to_input") is False:
-        raise ValueError(f"{path}: apply_b_dec_to_input=false SAEs are not supported (ours subtract b_dec first)")
+        raise DataError(f"{path}: apply_b_dec_to_input=false SAEs are not supported (ours subtract b_dec first)")
     if raw.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(f"{path}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first")
+        raise DataError(f"{path}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first")
+    d_in, width = _positive_int(raw, "d_in", cfg_path), _positive_int(raw, "d_sae", cfg_path)
     if arch == "topk":
-        kind, k = "topk", int(raw["k"])
+        kind, k = "topk", _positive_int(raw, "k", cfg_path)
     elif arch == "jumprelu":
-        kind, k = "batchtopk", int((ours or {}).get("k", 32))
+        kind, k = "batchtopk", _positive_int({"k": (ours or {}).get("k", 32)}, "k", cfg_path)
     else:
-        raise ValueError(f"{path}: SAE architecture {arch!r} is not supported; accepted: topk, jumprelu")
-    fields = dict(
-        d_in=int(raw["d_in"]), width=int(raw["d_sae"]), k=min(k, int(raw["d_sae"])), kind=kind,
-        site=meta.get("hook_name") or raw.get("hook_name") or "", model=meta.get("model_name") or raw.get("model_name") or "",
-    )
+        raise DataError(f"{path}: SAE architecture {arch!r} is not supported; accepted: topk, jumprelu")
+    site = meta.get("hook_name") or raw.get("hook_name") or ""
+    model = meta.get("model_name") or raw.get("model_name") or ""
+    if not isinstance(site, str) or not isinstance(model, str):
+        raise DataError(f"{cfg_path}: hook_name and model_name must be strings, got {site!r}, {model!r}")
+    fields = dict(d_in=d_in, width=width, k=min(k, width), kind=kind, site=site, model=model)
     if ours:
-        fields["aux_k"] = ours.get("aux_k", 0)
-    sae = Sae(SaeConfig(**fields))
+        aux_k = ours.get("aux_k", 0)
+        if isinstance(aux_k, bool) or not isinstance(aux_k, int) or aux_k < 0:
+            raise DataError(f"{cfg_path}: metadata.metalens.aux_k must be an integer >= 0, got {aux_k!r}")
+        fields["aux_k"] = aux_k
+    want = {"W_enc": (d_in, width), "b_enc": (width,), "W_dec": (width, d_in), "b_dec": (d_in,)}
+    if kind == "batchtopk":
+        want["threshold"] = None
+    for name, shape in want.items():
+        if name not in w:
+            raise DataError(f"{w_path} has no tensor {name!r}; it holds {sorted(w)}")
+        if shape is not None and tuple(w[name].shape) != shape:
+            raise DataError(f"{w_path}: {name} is {tuple(w[name].shape)} but {CFG_FILE} (d_in={d_in}, d_sae={width}) "
+                            f"says {shape}")
+        if not torch.isfinite(w[name].float()).all():
+            raise DataError(f"{w_path}: {name} holds NaN or inf values; the SAE is corrupt (retrain or re-download it)")
+    if kind == "batchtopk" and w["threshold"].numel() not in (1, width):
+        raise DataError(f"{w_path}: threshold has {w['threshold'].numel()} values; expected 1 or d_sae={width}")
+    try:
+        sae = Sae(SaeConfig(**fields))
+    except ValueError as e:
+        raise DataError(f"{cfg_path}: {e}") from None
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(w[name])

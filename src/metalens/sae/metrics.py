@@ -32,7 +32,6 @@ from ..store import ActivationStore
 from .model import Sae
 
 
-@torch.no_grad()
 class ReconstructionMetrics(NamedTuple):
     """How well an SAE reconstructs activations (means over rows)."""
 
@@ -71,6 +70,7 @@ class LmMetrics(NamedTuple):
     """KL(clean || zeroed)"""
 
 
+@torch.no_grad()
 def reconstruction_metrics(
     sae: Sae, data: ActivationStore | torch.Tensor | Iterable[torch.Tensor], site: str | None = None,
     max_rows: int | None = None, batch_size: int = 4096, skip_first: bool = True,

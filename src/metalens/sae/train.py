@@ -21,6 +21,7 @@ from typing import Iterator, Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError, DataTypeError
 from ..io import atomic_write_bytes, atomic_write_json
 from ..store import ActivationStore
 from .io import load_sae, save_sae
@@ -79,10 +80,14 @@ class BatchSource:
             self.n = len(data)  # upper bound when skip_first
         elif isinstance(data, torch.Tensor):
             if data.ndim != 2:
-                raise ValueError(f"training data must be [n, d]; got {tuple(data.shape)}")
+                raise DataError(f"training data must be [n, d]; got {tuple(data.shape)}")
+            bad = ~torch.isfinite(data).all(dim=1)  # [n]
+            if bad.any():
+                raise DataError(f"training data row {int(bad.nonzero()[0, 0])} (of {len(data)}) holds NaN or inf; "
+                                f"{int(bad.sum())} rows do: clean the data first")
             self.d, self.n = data.shape[1], data.shape[0]
         else:
-            raise TypeError(f"training data must be an ActivationStore or a [n, d] tensor; got {type(data).__name__}")
+            raise DataTypeError(f"training data must be an ActivationStore or a [n, d] tensor; got {type(data).__name__}")
 
     def _shard(self, i: int) -> torch.Tensor:
         t = self.data.read_shard(i, [self.site, "positions"])
@@ -110,7 +115,7 @@ class BatchSource:
 
     def stream(self, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
         if self.n < batch_size:
-            raise ValueError(f"batch_size {batch_size} is larger than the data ({self.n} rows)")
+            raise DataError(f"batch_size {batch_size} is larger than the data ({self.n} rows)")
         seen, epoch = 0, 0
         while True:
             for batch in self.epoch(batch_size, seed + epoch):
@@ -118,6 +123,28 @@ class BatchSource:
                     yield batch
                 seen += 1
             epoch += 1
+
+
+def check_config(cfg: SaeTrainConfig) -> None:
+    """DataError naming the first field out of range (before anything is read or written)."""
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    for name, low in (("width", 1), ("k", 1), ("batch_size", 1), ("steps", 1), ("aux_k", 0), ("dead_tokens", 1),
+                      ("checkpoint_every", 0), ("log_every", 1)):
+        v = getattr(cfg, name)
+        if not whole(v) or v < low:
+            raise DataError(f"SAE training {name} must be an integer >= {low}, got {v!r}")
+    if cfg.k > cfg.width:
+        raise DataError(f"SAE training k={cfg.k} is more than the width {cfg.width}; accepted: 1..width")
+    for name in ("lr", "aux_coef"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise DataError(f"SAE training {name} must be a finite number >= 0, got {v!r}")
+    if cfg.kind not in ("topk", "batchtopk"):
+        raise DataError(f"SAE kind must be topk or batchtopk, got {cfg.kind!r}")
+    if cfg.b_dec_init not in ("median", "mean", "zero"):
+        raise DataError(f"b_dec_init must be median, mean or zero, got {cfg.b_dec_init!r}")
 
 
 def _save_checkpoint(path: Path, sae: Sae, opt, step: int, since_fired: torch.Tensor, log: list, acc: list) -> None:
@@ -135,6 +162,7 @@ def train_sae(
 
     stop_after: stop (after checkpointing) once this many steps are done, as a kill would; for tests.
     """
+    check_config(cfg)
     out = Path(cfg.out)
     src = BatchSource(data, cfg.site, cfg.skip_first)
     if isinstance(data, ActivationStore) and not model_name:
@@ -145,7 +173,7 @@ def train_sae(
         old = json.loads(cfg_path.read_text())
         if old != asdict(cfg):
             diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
-            raise ValueError(f"{out} holds a checkpoint of a different training config {diff}; use another --out")
+            raise DataError(f"{out} holds a checkpoint of a different training config {diff}; use another --out")
     atomic_write_json(cfg_path, asdict(cfg))
 
     torch.manual_seed(cfg.seed)

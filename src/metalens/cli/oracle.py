@@ -113,7 +113,7 @@ def personaqa_cmd(
     at_least("--epochs", epochs, 1)
     at_least("--choices", choices, 2)
     o = Oracle.load(oracle)
-    plain = load_subject(o.settings.get("model"), device=str(o.subject.device))  # fine-tuned, never the oracle's copy
+    plain = load_subject(o.settings.model, device=str(o.subject.device))  # fine-tuned, never the oracle's copy
     report = dict(oracle=oracle, n=n, epochs=epochs, choices=choices, variants={})
     for v in [x.strip() for x in variants.split(",") if x.strip()]:
         personas = load_personas(data / v, n)

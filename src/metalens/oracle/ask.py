@@ -10,9 +10,9 @@ import json
 import numbers
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
-from .inject import Projection, context_text, encode, inject, prompt_ids, read_vectors
+from .inject import INJECT_MODES, Projection, context_text, encode, inject, prompt_ids, read_vectors
 from .tasks import Example, OracleDataError, example_from_dict
 
 DEFAULT_DIR = Path(__file__).parent / "default"
@@ -41,15 +41,51 @@ class Answer:
         return {"text": self.text, "probs": self.probs, "layer": self.layer, "n_vectors": self.n_vectors}
 
 
+@dataclass(frozen=True)
+class OracleSettings:
+    """How an oracle was trained to read: saved beside its adapter as oracle.json."""
+
+    layers: tuple[int, ...]
+    """the subject layers whose residual stream it was trained to read"""
+    model: str | None = None
+    """the subject it reads (None: the default model)"""
+    inject_layer: int = 1
+    """the oracle block after which the read vectors are injected"""
+    inject: Literal["add", "replace"] = "add"
+    """add (norm-matched) or replace the placeholder's residual"""
+    scale: float = 1.0
+    """injection strength (add mode)"""
+    system: str | None = ""
+    """the oracle's system prompt (None: no system message)"""
+    d_subject: int | None = None
+    """width of the read vectors (a projection maps them when it differs from the oracle's)"""
+
+    @classmethod
+    def from_json(cls, obj, where: str = "oracle settings") -> "OracleSettings":
+        """Checked settings from a JSON object; an OracleDataError names what is wrong."""
+        if isinstance(obj, OracleSettings):
+            return obj
+        layers = obj.get("layers") if isinstance(obj, dict) else None
+        if not (isinstance(layers, (list, tuple)) and layers
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+            raise OracleDataError(f"{where}: expected a JSON object with 'layers': [int, ...], got {str(obj)[:120]!r}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(obj) - known)
+        if extra:
+            raise OracleDataError(f"{where}: unknown field(s) {extra}; known: {sorted(known)}")
+        if not isinstance(obj.get("model"), (str, type(None))):
+            raise OracleDataError(f"{where}: 'model' must be a string or null, got {obj.get('model')!r}")
+        if obj.get("inject", "add") not in INJECT_MODES:
+            raise OracleDataError(f"{where}: 'inject' must be one of {INJECT_MODES}, got {obj.get('inject')!r}")
+        return cls(**{**obj, "layers": tuple(layers)})
+
+
 class Oracle:
-    """Subject + LoRA adapter + the injection settings it was trained with.
+    """Subject + LoRA adapter + the injection settings it was trained with (`OracleSettings`)."""
 
-    settings: layers (read layers), inject_layer, inject ("add"|"replace"), scale, system (oracle
-    system prompt or None), d_subject.
-    """
-
-    def __init__(self, subject: Subject, peft_model, settings: dict, projection: Projection | None = None):
-        self.subject, self.peft, self.settings, self.projection = subject, peft_model, dict(settings), projection
+    def __init__(self, subject: Subject, peft_model, settings: OracleSettings | dict, projection: Projection | None = None):
+        self.subject, self.peft, self.projection = subject, peft_model, projection
+        self.settings = OracleSettings.from_json(settings)
         self.reader: Subject | None = None  # read activations from this model instead (e.g. a fine-tuned copy)
 
     # ------------------------------------------------------------------ loading / saving
@@ -66,23 +102,18 @@ class Oracle:
             settings = json.loads((d / SETTINGS_FILE).read_bytes().decode("utf-8"))
         except (ValueError, RecursionError) as e:
             raise OracleDataError(f"{d / SETTINGS_FILE} is not valid JSON ({e})") from None
-        layers = settings.get("layers") if isinstance(settings, dict) else None
-        if not (isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
-            raise OracleDataError(f"{d / SETTINGS_FILE}: expected a JSON object with 'layers': [int, ...], got "
-                                  f"{str(settings)[:120]!r}")
+        settings = OracleSettings.from_json(settings, str(d / SETTINGS_FILE))
         if not (d / "adapter_config.json").is_file():
             raise OracleDataError(f"{str(d)!r} holds {SETTINGS_FILE} but no adapter (adapter_config.json missing): "
                                   "give a directory saved by `metalens oracle train`")
-        if model is None and not isinstance(settings.get("model"), (str, type(None))):
-            raise OracleDataError(f"{d / SETTINGS_FILE}: 'model' must be a string, got {settings.get('model')!r}")
-        subject = load_subject(model if model is not None else settings.get("model"), device=device)
+        subject = load_subject(model if model is not None else settings.model, device=device)
         peft_model = load_adapter(subject.model, str(d))
         peft_model.to(subject.device, subject.dtype).eval()
         proj = None
         if (d / PROJECTION_FILE).exists():
             from safetensors.torch import load_file
 
-            proj = Projection(settings["d_subject"], subject.d_model)
+            proj = Projection(settings.d_subject, subject.d_model)
             proj.load_state_dict(load_file(str(d / PROJECTION_FILE)))
             proj.to(subject.device, subject.dtype)
         return cls(subject, peft_model, settings, proj)
@@ -101,13 +132,13 @@ class Oracle:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(out / PROJECTION_FILE))
-        atomic_write_json(out / SETTINGS_FILE, self.settings)
+        atomic_write_json(out / SETTINGS_FILE, asdict(self.settings))
         return out
 
     # ------------------------------------------------------------------ forward passes
     @property
     def layers(self) -> list[int]:
-        return list(self.settings["layers"])
+        return list(self.settings.layers)
 
     def layer(self, layer: int | None) -> int:
         """A read layer as a block index: None = the oracle's own; negative counts from the end (-1 = last)."""
@@ -130,7 +161,7 @@ class Oracle:
             return read_vectors(self.subject, examples, layers)
 
     def _batch(self, examples, layers, answers=None, as_text: bool = False):
-        tok, sys = self.subject.tokenizer, self.settings.get("system", "")
+        tok, sys = self.subject.tokenizer, self.settings.system
         layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
             prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
@@ -145,8 +176,7 @@ class Oracle:
         batch, vectors = self._batch(examples, layers, answers, as_text)
         s = self.settings
         ctx = nullcontext() if vectors is None else inject(
-            self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
-            s.get("scale", 1.0), self.projection)
+            self.subject.model, vectors, batch.slot_mask, s.inject_layer, s.inject, s.scale, self.projection)
         with ctx, self.adapter(adapter):
             h = self.subject.trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          use_cache=False).last_hidden_state  # [batch, seq, d]
@@ -201,8 +231,8 @@ class Oracle:
         ex = example_from_dict(obj, "ask")  # OracleDataError names a bad context, question, read or choices
         batch, vectors = self._batch([ex], [layer])
         s = self.settings
-        with inject(self.subject.model, vectors, batch.slot_mask, s.get("inject_layer", 1), s.get("inject", "add"),
-                    s.get("scale", 1.0), self.projection), self.adapter(True):
+        with inject(self.subject.model, vectors, batch.slot_mask, s.inject_layer, s.inject,
+                    s.scale, self.projection), self.adapter(True):
             gen = self.subject.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                               max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                               return_dict_in_generate=True,

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "metalens"
 
 CORE = {"__init__", "models", "sites", "capture", "intervene", "store", "results", "features", "errors", "io", "sparse",
         "metrics", "adapters", "testing"}
-METHODS = {"sae", "diff", "steer", "autointerp", "oracle", "probes", "monitor"}
+METHODS = {"sae", "diff", "steer", "autointerp", "oracle", "probes", "monitor", "deception"}
 VIEWS = {"viz", "dashboard"}
 TOP = {"agent", "demo"}
 CLI = {"cli", "__main__"}

@@ -94,6 +94,13 @@ CREATE TABLE IF NOT EXISTS oracle_answers (
     probs TEXT,                    -- JSON {choice: p}
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS monitor_tokens (
+    run_id INTEGER REFERENCES runs(id),
+    position INTEGER NOT NULL,     -- index in the full sequence (prompt + generated)
+    token TEXT NOT NULL,
+    readings TEXT NOT NULL,        -- JSON {reading name: value}
+    flags TEXT NOT NULL            -- JSON [reading name]
+);
 CREATE INDEX IF NOT EXISTS explanations_feature ON explanations(feature);
 CREATE INDEX IF NOT EXISTS scores_explanation ON scores(explanation_id);
 """
@@ -283,3 +290,13 @@ class ResultsDB:
         if run_id is not None:
             q, args = q + " WHERE run_id=?", (run_id,)
         return [dict(r) | {"probs": json.loads(r["probs"])} for r in self.conn.execute(q + " ORDER BY id", args)]
+
+    def add_monitor_tokens(self, run_id: int | None, rows: list[tuple[int, str, dict, list]]) -> None:
+        """Record a monitored generation: (position, token, readings, flags) per token."""
+        with self.conn:
+            self.conn.executemany("INSERT INTO monitor_tokens VALUES (?,?,?,?,?)",
+                                  [(run_id, p, t, _json(r), _json(f)) for p, t, r, f in rows])
+
+    def monitor_tokens(self, run_id: int) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM monitor_tokens WHERE run_id=? ORDER BY position", (run_id,))
+        return [dict(r) | {"readings": json.loads(r["readings"]), "flags": json.loads(r["flags"])} for r in rows]

@@ -12,7 +12,8 @@ from metalens.capture import capture
 from metalens.oracle import Example, Oracle, OracleDataError, load_jsonl, save_jsonl
 from metalens.adapters import add_lora
 from metalens.oracle.inject import Projection, encode, inject, norm_matched_add, prompt_ids, read_vectors
-from metalens.oracle.tasks import context_prediction_examples, read_slice
+from metalens.capture import read_span
+from metalens.oracle.tasks import context_prediction_examples
 from metalens.testing import tiny_llama
 
 SETTINGS = dict(model=None, layers=[2], inject_layer=1, inject="add", scale=1.0, system="", d_subject=64)
@@ -82,10 +83,10 @@ def test_subject_reads_with_adapter_disabled_equal_base_model():
 
 
 def test_read_slices_and_system_mask(tiny):
-    assert read_slice("all", 5) == slice(0, 5) and read_slice("last", 5) == slice(4, 5)
-    assert read_slice((-2, None), 5) == slice(3, 5)
-    with pytest.raises(OracleDataError, match="selects no tokens"):
-        read_slice((4, 2), 5)
+    assert read_span("all", 5) == slice(0, 5) and read_span("last", 5) == slice(4, 5)
+    assert read_span((-2, None), 5) == slice(3, 5) and read_span("all", 5, 2) == slice(2, 5)
+    with pytest.raises(DataError, match="selects no tokens"):
+        read_span((4, 2), 5)
     msgs = [{"role": "system", "content": "SECRET"}, {"role": "user", "content": "hi"}]
     vecs = read_vectors(tiny, [Example(msgs, "q", read="all")], [1])
     n = lambda m: len(tiny.tokenizer(tiny.tokenizer.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"])  # noqa: E731

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from metalens.capture import read_span
 from metalens.errors import DataError
-from metalens.probes import (ProbeError, calibrate, evaluate, load_examples, load_probe, save_probe, span, span_acts,
+from metalens.probes import (ProbeError, calibrate, evaluate, load_examples, load_probe, save_probe, span_acts,
                              threshold_at, train_probe)
 from metalens.sites import Site, hook_site
 
@@ -74,9 +75,9 @@ def test_span_reads_the_right_tokens(tiny):
     full = tiny.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
     assert torch.allclose(acts, full[-4:-2], atol=1e-5)
     assert tiny.tokenizer.decode(ids[-4:-2]) == "yo"
-    assert span("all", 10, 4) == slice(4, 10)  # the system message is never read
-    with pytest.raises(DataError, match="selects no readable tokens"):
-        span((5, 5), 10)
+    assert read_span("all", 10, 4) == slice(4, 10)  # the system message is never read
+    with pytest.raises(DataError, match="selects no tokens"):
+        read_span((5, 5), 10)
 
 
 def test_threshold_calibration_hits_its_rate():

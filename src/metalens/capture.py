@@ -8,7 +8,7 @@ An empty text gives no rows (it keeps its index: the texts after it keep theirs)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -192,3 +192,74 @@ def capture(
     if not parts:
         return Activations({n: torch.empty(0, subject.width(n), dtype=dtype) for n in names}, *(torch.empty(0, dtype=torch.long),) * 3)
     return Activations.cat(parts)
+
+
+# ---- contexts: a text or chat messages, as the subject reads them, and the span of it to read --------------
+class Rendered(NamedTuple):
+    """A context rendered for the subject."""
+
+    text: str
+    """the text the subject reads, with the model's leading special tokens (a chat template writes its own)"""
+    ids: list[int]
+    """its token ids (tokenised without adding special tokens again)"""
+    readable: int
+    """the first position that may be read: after the leading special tokens, or after a system message"""
+
+
+def bos_prefix(tokenizer) -> str:
+    """The special tokens the tokenizer puts before a plain text (Gemma's '<bos>'; '' for SmolLM2), as text."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    k = len(full) - len(plain)
+    return tokenizer.decode(full[:k]) if k > 0 and full[k:] == plain else ""
+
+
+def chat_text(tokenizer, context) -> str:
+    """A context as plain text: a string as is, chat messages through the chat template."""
+    if isinstance(context, str):
+        return context
+    return tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
+
+
+def render_context(tokenizer, context) -> Rendered:
+    """A text (the model's leading special tokens added) or chat messages (template applied, the system message
+    masked from reading). A context with nothing to read is a DataError."""
+    if isinstance(context, str):
+        prefix = bos_prefix(tokenizer)
+        ids = tokenizer(prefix + context, add_special_tokens=False)["input_ids"]
+        readable = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        return Rendered(prefix + context, ids, readable)
+    text = chat_text(tokenizer, context)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    readable = 0
+    if context and context[0]["role"] == "system":
+        readable = len(tokenizer(chat_text(tokenizer, context[:1]), add_special_tokens=False)["input_ids"])
+    if readable >= len(ids):
+        raise DataError("a chat context needs at least one message after the system message to read")
+    return Rendered(text, ids, readable)
+
+
+def read_span(read, n: int, readable: int = 0) -> slice:
+    """The positions `read` ("all", "last", or (start, end) over the readable tokens) selects in a context of n
+    tokens whose first `readable` are not readable; an empty selection is a DataError."""
+    m = n - readable
+    if m <= 0:
+        raise DataError(f"the context has no readable tokens ({n} tokens, {readable} before the readable part)")
+    if read == "all":
+        sl = slice(0, m)
+    elif read == "last":
+        sl = slice(m - 1, m)
+    else:
+        start, end = read
+        idx = range(m)[slice(start, end)]
+        if len(idx) == 0:
+            raise DataError(f"read {list(read)!r} selects no tokens of a context with {m} readable tokens")
+        sl = slice(idx.start, idx.stop)
+    return slice(readable + sl.start, readable + sl.stop)
+
+
+def context_limit(subject: Subject) -> int | None:
+    """The most tokens the subject can read at once (its config's max_position_embeddings), if it says."""
+    cfg = subject.model.config
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None

@@ -29,7 +29,7 @@ import csv
 import json
 import random
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -266,6 +266,3 @@ def build_suite(subject: Subject, data_dir: str | Path, out_dir: str | Path, n_p
         paths[name] = out_dir / f"{name}.jsonl"
     return paths
 
-
-def iter_kinds(paths: dict[str, Path]) -> Iterator[str]:
-    yield from (k for k in KINDS if k in paths)

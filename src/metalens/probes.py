@@ -27,7 +27,7 @@ from typing import Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .capture import capture
+from .capture import capture, context_limit, read_span, render_context
 from .errors import DataError, MetalensError
 from .io import atomic_write_bytes, atomic_write_json, jsonl_objects
 from .metrics import auroc, balanced_accuracy, why_undefined
@@ -45,7 +45,7 @@ class ProbeError(MetalensError, ValueError):
     """A probe file that cannot be read or a probe setting that is not valid."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probe:
     """A linear reading: value = aggregate(acts @ weight + bias) over the read span at `site`."""
 
@@ -149,52 +149,32 @@ def examples_hash(examples: Sequence[Labelled]) -> str:
                        for e in examples])
 
 
-def render(tokenizer, context) -> tuple[str, list[int], int]:
-    """A text or a chat (template applied): its text, token ids and first readable position (after a system message)."""
-    if isinstance(context, str):
-        return context, tokenizer(context, add_special_tokens=False)["input_ids"], 0
-    text = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    readable = 0
-    if context[0]["role"] == "system":
-        sys_text = tokenizer.apply_chat_template(context[:1], tokenize=False, add_generation_prompt=False)
-        readable = len(tokenizer(sys_text, add_special_tokens=False)["input_ids"])
-    return text, ids, readable
-
-
-def span(read, n: int, readable: int = 0) -> slice:
-    """The token positions `read` selects in a context of n tokens whose first `readable` are not readable."""
-    m = n - readable
-    if read == "all":
-        sl = slice(0, m)
-    elif read == "last":
-        sl = slice(m - 1, m)
-    else:
-        idx = range(m)[slice(*read)]
-        sl = slice(idx.start, idx.stop) if len(idx) else slice(0, 0)
-    if sl.stop <= sl.start:
-        raise DataError(f"read {read!r} selects no readable tokens of a {n}-token context ({readable} unreadable)")
-    return slice(readable + sl.start, readable + sl.stop)
-
-
 @torch.no_grad()
 def span_acts(subject: Subject, examples: Sequence[Labelled], sites: Sequence[str], chunk: int = 32,
-              max_length: int = 512) -> list[dict[str, torch.Tensor]]:
-    """For each example, {site: activations of its read span [k, d]} (read in chunks to bound memory)."""
+              max_length: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """For each example, {site: activations of its read span [k, d]} (read in chunks to bound memory).
+
+    Whole contexts are read, never cut: one longer than `max_length` (default: the subject's
+    max_position_embeddings) is a DataError naming its length and the limit."""
     tok = subject.tokenizer
+    limit = max_length if max_length is not None else context_limit(subject)
     out = []
     for c in range(0, len(examples), chunk):
         part = examples[c : c + chunk]
-        rendered = [render(tok, e.context) for e in part]
-        texts = [text for text, _, _ in rendered]
-        acts = capture(subject, texts, list(sites), batch_size=16, max_length=max_length, add_special_tokens=False,
+        rendered = [render_context(tok, e.context) for e in part]
+        for i, r in enumerate(rendered):
+            if limit is not None and len(r.ids) > limit:
+                raise DataError(f"example {c + i}: its context is {len(r.ids)} tokens, more than the {limit} the subject "
+                                "can read; shorten it or pass span_acts(..., max_length=N)")
+        texts = [r.text for r in rendered]
+        acts = capture(subject, texts, list(sites), batch_size=16, max_length=None, add_special_tokens=False,
                        progress=False)
         for i, (e, (_, ids, readable)) in enumerate(zip(part, rendered)):
             rows = (acts.text_idx == i).nonzero(as_tuple=True)[0]
-            if len(rows) != min(len(ids), max_length) or not torch.equal(acts.token_ids[rows], torch.tensor(ids[:max_length])):
+            if len(rows) != len(ids) or not torch.equal(acts.token_ids[rows], torch.tensor(ids)):
                 raise DataError(f"example {c + i}: its context does not re-tokenize to the same ids (got {len(rows)} rows "
                                 f"for {len(ids)} ids); give plain text or chat messages")
-            sl = span(e.read, len(rows), readable)
+            sl = read_span(e.read, len(rows), readable)
             out.append({s: acts[s][rows[sl]] for s in acts.sites})
     return out
 

@@ -94,6 +94,16 @@ CREATE TABLE IF NOT EXISTS oracle_answers (
     probs TEXT,                    -- JSON {choice: p}
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agent_steps (
+    run_id INTEGER REFERENCES runs(id),
+    feature TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    tool TEXT,                     -- the first tool called (NULL when the reply held no usable call)
+    record TEXT NOT NULL,          -- JSON: the step as in the run's steps.jsonl (reply, calls, results, tokens, time)
+    tokens INTEGER,
+    seconds REAL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS monitor_tokens (
     run_id INTEGER REFERENCES runs(id),
     position INTEGER NOT NULL,     -- index in the full sequence (prompt + generated)
@@ -284,6 +294,22 @@ class ResultsDB:
                 (run_id, task, context, question, answer, expected, _json(probs), time.time()),
             )
         return cur.lastrowid
+
+    def add_agent_step(self, run_id: int | None, feature: str, step: int, record: dict) -> None:
+        """One agent step (agent/transcript.py): the reply, its tool calls and results, tokens and time."""
+        tool = next((c["name"] for c in record.get("calls", []) if c.get("name")), None)
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO agent_steps VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, feature, step, tool, _json(record), record.get("tokens_in", 0) + record.get("tokens_out", 0),
+                 record.get("seconds"), time.time()),
+            )
+
+    def agent_steps(self, run_id: int | None = None) -> list[dict]:
+        q, args = "SELECT * FROM agent_steps", ()
+        if run_id is not None:
+            q, args = q + " WHERE run_id=?", (run_id,)
+        return [dict(r) | {"record": json.loads(r["record"])} for r in self.conn.execute(q + " ORDER BY rowid", args)]
 
     def oracle_answers(self, run_id: int | None = None) -> list[dict]:
         q, args = "SELECT * FROM oracle_answers", ()

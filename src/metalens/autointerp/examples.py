@@ -52,7 +52,10 @@ class ExampleConfig:
     min_window: int = 8
     """a text's last, shorter window is kept if it has at least this many tokens"""
     threshold: float = 0.0
-    """a window is activating when its max value exceeds this"""
+    """a window is activating when its max value exceeds this (see activation_threshold)"""
+    negative_quantile: float = 0.25
+    """dense features (fewer than n_negative windows at or below `threshold`): the threshold becomes this
+    quantile of the window maxima, so the weakest windows serve as negatives"""
     split_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)
     """train / val / test shares of the texts"""
     n_top: int = 10
@@ -78,6 +81,8 @@ class ExampleSet:
     random: list[Window] = field(default_factory=list)
     negative: list[Window] = field(default_factory=list)
     hard_negative: list[Window] = field(default_factory=list)
+    threshold: float = 0.0
+    """the activation threshold these sets were drawn with (activation_threshold)"""
 
     @property
     def stratified(self) -> list[Window]:
@@ -155,16 +160,26 @@ def hard_negatives(pool: list[Window], top: list[Window], threshold: float, n: i
     return [w for w in ranked[:n] if key(w) > (0, 0)]
 
 
+def activation_threshold(windows: Sequence[Window], cfg: ExampleConfig) -> float:
+    """cfg.threshold, or for a dense feature (fewer than cfg.n_negative windows at or below it) the
+    cfg.negative_quantile quantile of the window maxima."""
+    maxes = np.array([w.max for w in windows]) if windows else np.zeros(0)
+    if len(maxes) and (maxes <= cfg.threshold).sum() < cfg.n_negative:
+        return max(cfg.threshold, float(np.quantile(maxes, cfg.negative_quantile)))
+    return cfg.threshold
+
+
 def make_examples(windows: list[Window], cfg: ExampleConfig = ExampleConfig()) -> dict[str, ExampleSet]:
     rng = np.random.default_rng(cfg.seed)
+    thr = activation_threshold(windows, cfg)
     by_split: dict[str, list[Window]] = {s: [] for s in SPLITS}
     for w in windows:
         by_split[split_of(w.text, cfg.split_fractions, cfg.seed)].append(w)
     out = {}
     for split, wins in by_split.items():
-        ex = ExampleSet()
-        active = sorted([w for w in wins if w.max > cfg.threshold], key=lambda w: -w.max)
-        inactive = [w for w in wins if w.max <= cfg.threshold]
+        ex = ExampleSet(threshold=thr)
+        active = sorted([w for w in wins if w.max > thr], key=lambda w: -w.max)
+        inactive = [w for w in wins if w.max <= thr]
         ex.top = active[: cfg.n_top]
         rest = active[cfg.n_top :]
         if rest and cfg.n_quantiles > 0:
@@ -178,7 +193,7 @@ def make_examples(windows: list[Window], cfg: ExampleConfig = ExampleConfig()) -
         if inactive:
             ex.negative = [inactive[i] for i in rng.choice(len(inactive), size=min(cfg.n_negative, len(inactive)), replace=False)]
             taken = {(w.text, w.start) for w in ex.negative}
-            ex.hard_negative = hard_negatives([w for w in inactive if (w.text, w.start) not in taken], ex.top, cfg.threshold, cfg.n_hard)
+            ex.hard_negative = hard_negatives([w for w in inactive if (w.text, w.start) not in taken], ex.top, thr, cfg.n_hard)
         out[split] = ex
     return out
 

@@ -7,6 +7,7 @@
     fuzzing     activating windows with the right tokens highlighted vs the same windows with
                 random inactive tokens highlighted: is the highlighting described by the explanation?
 
+An undefined score (a constant side, one class missing) is None with a "reason", never 0 or 0.5.
 Each is also reported for a control explanation (another feature's) by the caller (search.py),
 so a score reads against what a wrong explanation gets.
 """
@@ -17,41 +18,16 @@ from typing import Sequence
 
 import numpy as np
 
+from ..metrics import auroc, balanced_accuracy, pearson, why_undefined
 from .examples import Window, show_token
 from .llm import LLM, LLMError
-from .simulate import simulate
+from .simulator import PromptSimulator, Simulator
+
+__all__ = ["auroc", "balanced_accuracy", "pearson", "simulation_score", "detection_score", "fuzzing_score"]
 
 DETECTION_VERSION = "det-v1"
 FUZZ_VERSION = "fuzz-v1"
 YES_NO = (" Yes", " No")
-
-
-def pearson(pred: np.ndarray, true: np.ndarray) -> float:
-    """Pearson r; 0.0 when either side is constant (no information), never NaN."""
-    pred, true = np.asarray(pred, np.float64).ravel(), np.asarray(true, np.float64).ravel()
-    if len(pred) != len(true):
-        raise ValueError(f"pearson: {len(pred)} predictions but {len(true)} true values")
-    if len(pred) < 2 or pred.std() == 0 or true.std() == 0:
-        return 0.0
-    return float(np.corrcoef(pred, true)[0, 1])
-
-
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Area under the ROC curve (ties count half); 0.5 when one class is missing."""
-    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return 0.5
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
-def balanced_accuracy(p_yes: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> float:
-    p, y = np.asarray(p_yes, np.float64), np.asarray(labels, bool)
-    pred = p > threshold
-    rates = [np.mean(pred[y] == 1) if y.any() else None, np.mean(pred[~y] == 0) if (~y).any() else None]
-    rates = [r for r in rates if r is not None]
-    return float(np.mean(rates)) if rates else 0.5
 
 
 def _unique(windows: Sequence[Window]) -> list[Window]:
@@ -63,20 +39,40 @@ def _unique(windows: Sequence[Window]) -> list[Window]:
     return out
 
 
+def as_simulator(sim: Simulator | LLM, max_value: int | None = None) -> Simulator:
+    """A Simulator as is; an LLM as the prompted simulator on it."""
+    return sim if hasattr(sim, "simulate") else PromptSimulator(sim, max_value)
+
+
+def _r(pred: np.ndarray, true: np.ndarray) -> tuple[float | None, str | None]:
+    return pearson(pred, true), why_undefined("pearson", pred, true)
+
+
 def simulation_score(
-    llm: LLM, explanation: str, top: Sequence[Window], random: Sequence[Window], max_value: int | None = None
+    sim: Simulator | LLM, explanation: str, top: Sequence[Window], random: Sequence[Window], max_value: int | None = None
 ) -> dict:
-    """{"all": r over top+random tokens, "random": r over random-only tokens, "n_tokens"}."""
+    """{"all": r over top+random tokens, "random": r over random-only tokens, "n_tokens"}; an undefined r
+    is None and its reason is under "all_reason" / "random_reason"."""
     wins = _unique(list(top) + list(random))
-    preds = simulate(llm, explanation, [w.tokens for w in wins], max_value)
+    preds = as_simulator(sim, max_value).simulate(explanation, [w.tokens for w in wins])
     key = {(w.text, w.start): i for i, w in enumerate(wins)}
     rnd = [key[(w.text, w.start)] for w in random]
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
-    return {
-        "all": pearson(cat(preds), cat([w.values for w in wins])),
-        "random": pearson(cat([preds[i] for i in rnd]), cat([wins[i].values for i in rnd])),
-        "n_tokens": int(sum(len(w.tokens) for w in wins)),
-    }
+    r_all, why_all = _r(cat(preds), cat([w.values for w in wins]))
+    r_rnd, why_rnd = _r(cat([preds[i] for i in rnd]), cat([wins[i].values for i in rnd]))
+    out = {"all": r_all, "random": r_rnd, "n_tokens": int(sum(len(w.tokens) for w in wins))}
+    if why_all:
+        out["all_reason"] = why_all
+    if why_rnd:
+        out["random_reason"] = why_rnd
+    return out
+
+
+def _auc_scores(p: np.ndarray, labels: list[int]) -> dict:
+    out = {"auroc": auroc(p, labels), "balanced_accuracy": balanced_accuracy(p, labels), "n": len(labels)}
+    if out["auroc"] is None:
+        out["reason"] = why_undefined("auroc", p, labels)
+    return out
 
 
 def answer_format(llm: LLM, yes_no: Sequence[str]) -> tuple[str, list[str]]:
@@ -116,8 +112,7 @@ def detection_score(
 ) -> dict:
     pos, neg = _unique(positives), _unique(negatives)
     p = _p_yes(llm, [detection_prompt(explanation, w.tokens) for w in pos + neg], yes_no)
-    labels = [1] * len(pos) + [0] * len(neg)
-    return {"auroc": auroc(p, labels), "balanced_accuracy": balanced_accuracy(p, labels), "n": len(labels)}
+    return _auc_scores(p, [1] * len(pos) + [0] * len(neg))
 
 
 FUZZ_HEADER = (
@@ -157,8 +152,7 @@ def fuzzing_score(
         right, wrong = fuzz_marks(w, threshold, rng)
         prompts += [fuzzing_prompt(explanation, w.tokens, right), fuzzing_prompt(explanation, w.tokens, wrong)]
         labels += [1, 0]
-    p = _p_yes(llm, prompts, yes_no)
-    return {"auroc": auroc(p, labels), "balanced_accuracy": balanced_accuracy(p, labels), "n": len(labels)}
+    return _auc_scores(_p_yes(llm, prompts, yes_no), labels)
 
 
 def show_window(w: Window) -> str:

@@ -4,6 +4,12 @@ control (another feature's explanation scored on this feature's test split).
 
     results = run_search(explainer, simulator, features, SearchConfig(k=8), out="runs/explain1", db=ResultsDB())
 
+`explainer` is an LLM (the prompted explainer of explain.py) or a trained explainer (explainer.py:
+`.explain(windows, k, seed=...)`); `simulator` is a Simulator (simulator.py) or an LLM (the prompted
+simulator on it). Detection and fuzzing need an LLM to ask: `judge`, else the simulator when it is an
+LLM, else they are left out (recorded with the reason). Undefined scores are None and left out of
+`summary`'s means.
+
 `features` is a list of (feature_id, make_sets) where make_sets() -> {"train"|"val"|"test": ExampleSet}
 (see examples.py), so a resumed run does not rebuild the examples of finished features.
 The run is resumable: out/progress.json is rewritten atomically after every feature (and every
@@ -22,13 +28,15 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..results import ResultsDB
 from ..io import atomic_write_json
+from ..metrics import mean_defined
+from ..results import ResultsDB
 from . import explain as E
 from . import score as S
 from . import simulate as SIM
 from .examples import ExampleConfig, ExampleSet
 from .llm import LLM
+from .simulator import Simulator
 
 PROMPT_VERSION = f"{E.PROMPT_VERSION}/{SIM.PROMPT_VERSION}/{S.DETECTION_VERSION}/{S.FUZZ_VERSION}"
 FALLBACK_CONTROLS = ("references to sports teams", "the closing parenthesis in code", "words about cooking")
@@ -64,17 +72,34 @@ def feature_seed(cfg: SearchConfig, feature: str) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(feature.encode()) % 1_000_003
 
 
-def score_on_test(simulator: LLM, text: str, test: ExampleSet, cfg: SearchConfig) -> dict:
+def judge_of(simulator, judge: LLM | None) -> LLM | None:
+    """The LLM asked for detection and fuzzing: `judge`, else the simulator if it is an LLM."""
+    return judge if judge is not None else (simulator if hasattr(simulator, "position_probs") else None)
+
+
+def score_on_test(simulator: Simulator | LLM, text: str, test: ExampleSet, cfg: SearchConfig, judge: LLM | None = None) -> dict:
     """Simulation (top+random and random-only), detection and fuzzing on the test split."""
     out = {"simulation": S.simulation_score(simulator, text, test.top, test.random, cfg.max_value)}
-    if cfg.detection:
-        out["detection"] = S.detection_score(simulator, text, test.activating, test.negative + test.hard_negative, cfg.yes_no)
-    if cfg.fuzzing:
-        out["fuzzing"] = S.fuzzing_score(simulator, text, test.activating, cfg.examples.threshold, cfg.seed, cfg.yes_no)
+    llm = judge_of(simulator, judge)
+    for m, on in (("detection", cfg.detection), ("fuzzing", cfg.fuzzing)):
+        if on and llm is None:
+            out[m] = {"auroc": None, "reason": "no LLM to ask (the simulator is not an LLM and no judge was given)"}
+        elif on and m == "detection":
+            out[m] = S.detection_score(llm, text, test.activating, test.negative + test.hard_negative, cfg.yes_no)
+        elif on:
+            out[m] = S.fuzzing_score(llm, text, test.activating, test.threshold, cfg.seed, cfg.yes_no)
     return out
 
 
-def search_feature(explainer: LLM, simulator: LLM, feature: str, sets: dict[str, ExampleSet], cfg: SearchConfig) -> dict:
+def candidates(explainer, windows, cfg: SearchConfig, seed: int) -> list[str]:
+    """k explanations from a prompted (LLM) or a trained explainer."""
+    if hasattr(explainer, "generate"):
+        return E.explain(explainer, windows, cfg.k, cfg.temperature, cfg.max_tokens, seed, cfg.examples.threshold)
+    return explainer.explain([(w.tokens, w.values) for w in windows], k=cfg.k, seed=seed)
+
+
+def search_feature(explainer, simulator: Simulator | LLM, feature: str, sets: dict[str, ExampleSet], cfg: SearchConfig,
+                   judge: LLM | None = None) -> dict:
     """k candidates scored on val, the best scored on test. Returns a JSON-able record."""
     t0 = time.perf_counter()
     train, val, test = sets["train"], sets["val"], sets["test"]
@@ -82,19 +107,19 @@ def search_feature(explainer: LLM, simulator: LLM, feature: str, sets: dict[str,
         return {"feature": feature, "skipped": "no activating windows in the train split", "seconds": 0.0}
     seed = feature_seed(cfg, feature)
     wins = E.explanation_windows(train.top, train.stratified, cfg.n_explain, seed)
-    texts = E.explain(explainer, wins, cfg.k, cfg.temperature, cfg.max_tokens, seed, cfg.examples.threshold)
+    texts = candidates(explainer, wins, cfg, seed)
     if not texts:
         return {"feature": feature, "skipped": f"none of the {cfg.k} explainer replies held an explanation",
                 "seconds": time.perf_counter() - t0}
     cands = [{"text": t, "val": S.simulation_score(simulator, t, val.top, val.random, cfg.max_value)} for t in texts]
-    best = max(range(len(cands)), key=lambda i: cands[i]["val"]["all"])
+    best = max(range(len(cands)), key=lambda i: -2.0 if cands[i]["val"]["all"] is None else cands[i]["val"]["all"])
     return {
         "feature": feature,
         "seed": seed,
         "candidates": cands,
         "best": best,
         "text": cands[best]["text"],
-        "test": score_on_test(simulator, cands[best]["text"], test, cfg),
+        "test": score_on_test(simulator, cands[best]["text"], test, cfg, judge),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -124,8 +149,8 @@ def flatten(scores: dict) -> list[tuple[str, str, float, dict]]:
 
 
 def run_search(
-    explainer: LLM,
-    simulator: LLM,
+    explainer,
+    simulator: Simulator | LLM,
     features: Sequence[tuple[str, Callable[[], dict[str, ExampleSet]]]],
     cfg: SearchConfig,
     out: str | Path,
@@ -133,6 +158,7 @@ def run_search(
     on_feature: Callable[[dict], None] | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    judge: LLM | None = None,
 ) -> dict[str, dict]:
     """Explain and score every feature; resumable from `out`. Returns {feature_id: record}."""
     out = Path(out)
@@ -161,7 +187,7 @@ def run_search(
         bar = tqdm(total=len(features), initial=len(features) - len(todo), desc="explain", unit="feature", disable=not progress)
         for f, mk in todo:
             sets_cache[f] = mk()
-            rec = search_feature(explainer, simulator, f, sets_cache[f], cfg)
+            rec = search_feature(explainer, simulator, f, sets_cache[f], cfg, judge)
             if "candidates" in rec:
                 db.forget_explanations(f, earlier, control=False)
                 _record(db, run.id, rec, explainer.name, cfg)
@@ -169,7 +195,8 @@ def run_search(
             done[f] = rec
             atomic_write_json(ppath, done)
             bar.update(1)
-            bar.set_postfix_str(f"{f}: {rec.get('test', {}).get('simulation', {}).get('all', float('nan')):.2f}")
+            r = rec.get("test", {}).get("simulation", {}).get("all")
+            bar.set_postfix_str(f"{f}: {'undefined' if r is None else f'{r:.2f}'}")
             if on_feature is not None:
                 on_feature(rec)
         bar.close()
@@ -182,7 +209,7 @@ def run_search(
                 text = done[other]["text"] if other else FALLBACK_CONTROLS[0]
                 if f not in sets_cache:
                     sets_cache[f] = dict(features)[f]()
-                scores = score_on_test(simulator, text, sets_cache[f]["test"], cfg)
+                scores = score_on_test(simulator, text, sets_cache[f]["test"], cfg, judge)
                 db.forget_explanations(f, earlier, control=True)
                 db.add_explanation(
                     run.id, f, text, explainer=f"control:{other or 'fallback'}", prompt_version=PROMPT_VERSION,
@@ -195,26 +222,29 @@ def run_search(
 
 
 def summary(results: dict[str, dict]) -> dict:
-    """Mean test scores of the selected explanations and of the controls."""
-    import numpy as np
+    """Mean test scores of the selected explanations and of the controls, over the features where the
+    score is defined (undefined ones are left out and counted under "undefined")."""
 
-    def mean(path: Callable[[dict], float]) -> float | None:
-        xs = []
-        for r in results.values():
-            try:
-                xs.append(path(r))
-            except (KeyError, TypeError):
-                pass
-        return float(np.mean(xs)) if xs else None
+    def get(r: dict, *path):
+        for k in path:
+            r = r.get(k) if isinstance(r, dict) else None
+        return r
 
-    return {
-        "features": len(results),
-        "explained": sum("text" in r for r in results.values()),
-        "simulation": mean(lambda r: r["test"]["simulation"]["all"]),
-        "simulation_random": mean(lambda r: r["test"]["simulation"]["random"]),
-        "detection_auroc": mean(lambda r: r["test"]["detection"]["auroc"]),
-        "fuzzing_auroc": mean(lambda r: r["test"]["fuzzing"]["auroc"]),
-        "control_simulation": mean(lambda r: r["control"]["test"]["simulation"]["all"]),
-        "control_detection_auroc": mean(lambda r: r["control"]["test"]["detection"]["auroc"]),
-        "control_fuzzing_auroc": mean(lambda r: r["control"]["test"]["fuzzing"]["auroc"]),
+    paths = {
+        "simulation": ("test", "simulation", "all"),
+        "simulation_random": ("test", "simulation", "random"),
+        "detection_auroc": ("test", "detection", "auroc"),
+        "fuzzing_auroc": ("test", "fuzzing", "auroc"),
+        "control_simulation": ("control", "test", "simulation", "all"),
+        "control_detection_auroc": ("control", "test", "detection", "auroc"),
+        "control_fuzzing_auroc": ("control", "test", "fuzzing", "auroc"),
     }
+    explained = [r for r in results.values() if "text" in r]
+    out: dict = {"features": len(results), "explained": len(explained)}
+    undefined = {}
+    for name, path in paths.items():
+        vals = [get(r, *path) for r in explained]
+        out[name] = mean_defined(vals)
+        undefined[name] = sum(v is None for v in vals)
+    out["undefined"] = undefined
+    return out

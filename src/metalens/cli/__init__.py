@@ -9,13 +9,14 @@
     sae.py         sae train|eval|pages
     dashboard.py   dashboard
     steer.py       steer, diff
+    agent.py       agent (an LLM investigates one feature with the tools)
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import autointerp, core, dashboard, monitor, oracle, probe, sae, steer
+from . import agent, autointerp, core, dashboard, monitor, oracle, probe, sae, steer
 from .common import DEBUG
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -29,7 +30,7 @@ def root(debug: bool = typer.Option(False, "--debug", help="show the full traceb
         DEBUG["on"] = True
 
 
-for sub in (core.app, oracle.app, autointerp.app, steer.app, monitor.app, dashboard.app):
+for sub in (core.app, oracle.app, autointerp.app, steer.app, monitor.app, dashboard.app, agent.app):
     app.registered_commands += sub.registered_commands
 app.add_typer(oracle.oracle_app, name="oracle")
 app.add_typer(sae.sae_app, name="sae")

@@ -1,4 +1,9 @@
-"""`metalens explain`: explanations of features, searched for and scored on held-out text."""
+"""`metalens explain` and `metalens simulate`: explanations of features, searched for and scored.
+
+Both take `--simulator default|prompt|URL|DIR` and explain takes `--explainer default|prompt|URL|DIR`:
+default is the shipped trained adapter (autointerp/default/) when it was trained on the loaded model,
+else the prompted one; prompt is the prompted local model; a URL an OpenAI-compatible endpoint.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,11 @@ def parse_features(spec: str) -> list:
 
 @command(app, "explain", kind="autointerp.explain")
 def explain(
-    store: Path = typer.Option(..., "--store", help="activation store (captured with positions=all)"),
-    features: str = typer.Option(..., "--features", help="SITE:INDEX[,SITE:FIRST-LAST...], e.g. neurons.3:0-7"),
+    store: Optional[Path] = typer.Option(None, "--store", help="activation store (captured with positions=all)"),
+    features: Optional[str] = typer.Option(None, "--features", help="SITE:INDEX[,SITE:FIRST-LAST...], e.g. neurons.3:0-7"),
+    windows: Optional[Path] = typer.Option(None, "--windows", help='instead of a store: .jsonl of {"id", "windows": [{"tokens", "values"}]}'),
+    simulator: str = typer.Option("default", "--simulator", help="default | prompt | URL | adapter dir"),
+    explainer: str = typer.Option("default", "--explainer", help="default | prompt | URL | adapter dir"),
     k: int = typer.Option(8, "--k", help="explanations sampled per feature (best-of-k on the validation split)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it holds this search); default <store>/explain-k<k>"),
     model: Optional[str] = ModelOpt,
@@ -46,14 +54,24 @@ def explain(
     no_control: bool = typer.Option(False, "--no-control", help="skip the shuffled-explanation control"),
     as_json: bool = JsonOpt,
 ):
-    """Explain features from stored activations: best-of-k search, scored on held-out text (resumable)."""
+    """Explain features from stored activations (or --windows JSONL): best-of-k, scored on held-out windows."""
     from ..autointerp.examples import ExampleConfig, feature_sequences, make_examples, make_windows
+    from ..autointerp.explainer import explainer_from
     from ..autointerp.llm import EndpointConfig, EndpointLLM, LocalLLM
     from ..autointerp.search import SearchConfig, run_search, summary
+    from ..autointerp.simulator import simulator_from
     from ..results import ResultsDB
     from ..store import ActivationStore
 
     at_least("--k", k, 1)
+    if windows is not None:
+        from ..autointerp.formats import explain_file
+
+        s = load_model(model, device)
+        rows = explain_file(windows, explainer_from(explainer, s), simulator_from(simulator, s), k=k, seed=seed)
+        return Output({"windows": str(windows), "features": rows})
+    if store is None or features is None:
+        raise typer.BadParameter("give --store and --features, or --windows", param_hint="--store")
     at_least("--window", window, 2)
     at_least("--timeout", timeout, 0.1)
     at_least("--retries", retries, 0)
@@ -73,6 +91,9 @@ def explain(
     s = load_model(model, device)
     llm = (EndpointLLM(EndpointConfig(base_url=endpoint, model=endpoint_model, timeout=timeout, max_retries=retries))
            if endpoint else LocalLLM(s))
+    # --endpoint keeps the prompted pipeline on it; otherwise the trained ones (prompted on other models)
+    ex = llm if endpoint else explainer_from(explainer, s)
+    sim = llm if endpoint else simulator_from(simulator, s)
     ex_cfg = ExampleConfig(window=window, seed=seed)
     cfg = SearchConfig(k=k, seed=seed, control=not no_control, examples=ex_cfg)
 
@@ -80,8 +101,8 @@ def explain(
         return lambda: make_examples(make_windows(feature_sequences(st, f, s.tokenizer), window, ex_cfg.min_window), ex_cfg)
 
     out = out or Path(store) / f"explain-k{k}"
-    results = run_search(llm, llm, [(f.id, sets_of(f)) for f in feats], cfg, out, ResultsDB(), progress=not as_json,
-                         meta={"store": str(store)})
+    results = run_search(ex, sim, [(f.id, sets_of(f)) for f in feats], cfg, out, ResultsDB(), progress=not as_json,
+                         meta={"store": str(store)}, judge=llm)
     rows = [dict(feature=f, explanation=r.get("text"), skipped=r.get("skipped"),
                  simulation=r.get("test", {}).get("simulation", {}).get("all"),
                  control=r.get("control", {}).get("test", {}).get("simulation", {}).get("all")) for f, r in results.items()]
@@ -96,3 +117,30 @@ def explain(
         Console().print(t)
 
     return Output({"out": str(out), "summary": summary(results), "features": rows}, human, {"out": out})
+
+
+@command(app, "simulate", kind="autointerp.simulate")
+def simulate(
+    data: Path = typer.Option(..., "--data", help='.jsonl of {"id", "explanation", "windows": [{"tokens", "values"?}]}'),
+    simulator: str = typer.Option("default", "--simulator", help="default | prompt | URL | adapter dir"),
+    model: Optional[str] = ModelOpt,
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """Simulate features from their explanations: predicted values per token and r against given values."""
+    from ..autointerp.formats import simulate_file
+    from ..autointerp.simulator import simulator_from
+
+    s = load_model(model, device)
+    sim = simulator_from(simulator, s)
+    rows = simulate_file(data, sim)
+
+    def human():
+        t = Table(title=f"simulation ({sim.name})")
+        for col in ("id", "r", "tokens"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(str(r["id"]), "-" if r["r"] is None else f"{r['r']:.3f}", str(sum(map(len, r["predictions"]))))
+        Console().print(t)
+
+    return Output({"data": str(data), "simulator": sim.name, "features": rows}, human)

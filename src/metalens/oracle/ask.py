@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..adapters import load_adapter
 from ..io import atomic_write_json
 from ..models import Subject, load_subject
-from .inject import INJECT_MODES, Projection, context_text, encode, inject, prompt_ids, read_vectors
+from ..capture import chat_text
+from .inject import INJECT_MODES, Projection, encode, inject, prompt_ids, read_vectors
 from .tasks import Example, OracleDataError, example_from_dict
 
 DEFAULT_DIR = Path(__file__).parent / "default"
@@ -164,7 +165,7 @@ class Oracle:
         tok, sys = self.subject.tokenizer, self.settings.system
         layers = [self.layer(x) for x in layers]  # the prompt says "Layer: 29", never "Layer: -1"
         if as_text:  # text-only control: the context as words where the vectors would go
-            prompts = [prompt_ids(tok, L, 0, f"{context_text(tok, e.context)}\n{e.question}", sys)
+            prompts = [prompt_ids(tok, L, 0, f"{chat_text(tok, e.context)}\n{e.question}", sys)
                        for e, L in zip(examples, layers)]
             return encode(tok, prompts, answers, self.subject.device), None
         vecs = self.read(examples, layers)

@@ -20,7 +20,7 @@ import torch
 
 from ..metrics import auroc, mean_defined, why_undefined
 from .ask import Oracle
-from .inject import context_text
+from ..capture import chat_text
 from .tasks import Example, OracleDataError, task_family
 
 BASELINES = ("untrained", "probe", "blackbox", "text")
@@ -57,7 +57,7 @@ def blackbox_probs(oracle: Oracle, examples: Sequence[Example], batch_size: int 
     out = []
     for i in range(0, len(examples), batch_size):
         part = examples[i : i + batch_size]
-        prompts = [s.chat(f"{context_text(tok, e.context)}\n\n{e.question} Answer {' or '.join(e.choices)}.")
+        prompts = [s.chat(f"{chat_text(tok, e.context)}\n\n{e.question} Answer {' or '.join(e.choices)}.")
                    for e in part]
         tok.padding_side = "left"  # the answer's first token is predicted at the last position
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(s.device)

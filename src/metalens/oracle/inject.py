@@ -15,10 +15,10 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..capture import capture
+from ..capture import capture, context_limit, read_span, render_context
 from ..models import Subject
 from ..sites import Site, hook_site
-from .tasks import Example, OracleDataError, read_slice
+from .tasks import Example, OracleDataError
 
 MARK = "\x00ACTS\x00"
 INJECT_MODES = ("add", "replace")
@@ -33,55 +33,6 @@ def placeholder_id(tokenizer) -> int:
     raise OracleDataError("the tokenizer has no single-token placeholder (' ?' or '?')")
 
 
-class ContextTokens(NamedTuple):
-    ids: list  # token ids of the rendered context
-    readable: int  # first position that may be read (after a system message)
-
-
-def bos_prefix(tokenizer) -> str:
-    """The special tokens the tokenizer puts before a plain text (Gemma's '<bos>'; '' for SmolLM2), as text."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    k = len(full) - len(plain)
-    return tokenizer.decode(full[:k]) if k > 0 and full[k:] == plain else ""
-
-
-def reading_text(tokenizer, context) -> str:
-    """The context exactly as the subject reads it: a plain text gets the model's usual leading special
-    tokens (a chat template writes its own)."""
-    return bos_prefix(tokenizer) + context if isinstance(context, str) else context_text(tokenizer, context)
-
-
-def context_tokens(tokenizer, context) -> ContextTokens:
-    """Tokenize a text, or render chat messages with the template and mask the system message."""
-    if isinstance(context, str):
-        prefix = bos_prefix(tokenizer)
-        ids = tokenizer(prefix + context, add_special_tokens=False)["input_ids"]
-        return ContextTokens(ids, len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0)
-    text = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    readable = 0
-    if context and context[0]["role"] == "system":
-        sys_text = tokenizer.apply_chat_template(context[:1], tokenize=False, add_generation_prompt=False)
-        readable = len(tokenizer(sys_text, add_special_tokens=False)["input_ids"])
-    if readable >= len(ids):
-        raise OracleDataError("a chat context needs at least one message after the system message to read")
-    return ContextTokens(ids, readable)
-
-
-def context_text(tokenizer, context) -> str:
-    """The context as the subject sees it (chat messages rendered with the template)."""
-    if isinstance(context, str):
-        return context
-    return tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=False)
-
-
-def context_limit(subject: Subject) -> int | None:
-    """The most tokens the subject can read at once (its config's max_position_embeddings), if it says."""
-    n = getattr(subject.model.config, "max_position_embeddings", None) or getattr(subject.model.config, "n_positions", None)
-    return int(n) if n else None
-
-
 @torch.no_grad()
 def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence[int], batch_size: int = 16,
                  max_tokens: int | None = None) -> list[torch.Tensor]:
@@ -93,7 +44,7 @@ def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence
     """
     tok = subject.tokenizer
     limit = max_tokens if max_tokens is not None else context_limit(subject)
-    toks = [context_tokens(tok, e.context) for e in examples]
+    toks = [render_context(tok, e.context) for e in examples]
     for i, ct in enumerate(toks):
         if not ct.ids:
             raise OracleDataError(f"context {i} is empty (no tokens): give the text the subject should read")
@@ -106,7 +57,7 @@ def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence
     if len(layers) != len(examples):
         raise OracleDataError(f"{len(layers)} layers for {len(examples)} examples")
     layers = [subject.site(f"resid.{layer}").layer for layer in layers]  # negative: from the end; SiteError if bad
-    texts = [reading_text(tok, e.context) for e in examples]
+    texts = [ct.text for ct in toks]
     sites = sorted({f"resid.{layer}" for layer in layers})
     acts = capture(subject, texts, sites, batch_size=batch_size, max_length=None, add_special_tokens=False,
                    progress=False)
@@ -116,8 +67,7 @@ def read_vectors(subject: Subject, examples: Sequence[Example], layers: Sequence
         n = len(rows)
         if n != len(ct.ids):
             raise OracleDataError(f"context {i} tokenized to {len(ct.ids)} ids but the subject read {n}")
-        sl = read_slice(e.read, n - ct.readable)
-        out.append(acts[f"resid.{layer}"][rows[ct.readable + sl.start : ct.readable + sl.stop]])  # [k, d]
+        out.append(acts[f"resid.{layer}"][rows[read_span(e.read, n, ct.readable)]])  # [k, d]
     return out
 
 

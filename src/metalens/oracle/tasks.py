@@ -122,21 +122,6 @@ def save_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
     return path
 
 
-def read_slice(read, n: int) -> slice:
-    """The token slice of a context of n tokens that `read` selects (never empty for n > 0)."""
-    if n <= 0:
-        raise OracleDataError("the context has no tokens to read")
-    if read == "all":
-        return slice(0, n)
-    if read == "last":
-        return slice(n - 1, n)
-    start, end = read
-    idx = range(n)[slice(start, end)]
-    if len(idx) == 0:
-        raise OracleDataError(f"read {list(read)!r} selects no tokens of a {n}-token context")
-    return slice(idx.start, idx.stop)
-
-
 # ---------------------------------------------------------------- builders from a data directory
 
 def default_data_dir() -> Path:

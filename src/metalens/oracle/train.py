@@ -321,6 +321,7 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         t0, total, n_micro = time.time(), 0.0, cfg.grad_accum * world
+        mine = 0  # this rank's micro-batches so far: DDP syncs gradients on the last one only
         for m in range(n_micro):  # every rank walks the same cursor; micro-batch m runs on rank m % world
             if cursor + cfg.batch_size > len(perm):
                 epoch, cursor = epoch + 1, 0
@@ -329,17 +330,16 @@ def train(cfg: OracleConfig | None = None, out: str | os.PathLike = "runs/oracle
             cursor += cfg.batch_size
             if m % world != rank:
                 continue
+            mine += 1
             ls = [random.choice(layers) for _ in exs]
-            loss = oracle.loss(exs, ls)
-            (loss / n_micro).backward()
+            sync = world == 1 or mine == cfg.grad_accum
+            with nullcontext() if sync else step_loss.no_sync():
+                loss = step_loss(exs, ls)
+                (loss / cfg.grad_accum).backward()  # DDP's average over the ranks completes the 1 / n_micro
             total += float(loss.detach()) / n_micro
-        if world > 1:  # sum the ranks' gradients: the same update as one process accumulating all micro-batches
+        if world > 1:  # the logged loss, summed over the ranks (the gradients were averaged by DDP)
             import torch.distributed as dist
 
-            for p_ in params:
-                if p_.grad is None:
-                    p_.grad = torch.zeros_like(p_)
-                dist.all_reduce(p_.grad)
             t_ = torch.tensor([total], device=params[0].device)
             dist.all_reduce(t_)
             total = float(t_)

@@ -1,0 +1,182 @@
+"""The trained explainer: highlighted windows in, a short explanation out; best-of-k by a simulator.
+
+    ex = TrainedExplainer.load(subject)                   # default/explainer/ merged into a copy
+    cands = ex.explain(windows, k=8)                      # windows: [(tokens, values)]
+    best = select(sim, cands, select_windows)             # the candidate whose simulation r is best
+
+Prompt (plain text, no chat template): up to `n_active` activating windows cut to `span` tokens around
+their strongest token, with the tokens above `mark` x the max shown <<like this>>, then up to
+`n_quiet` windows where the feature stays low, then "Explanation:". The adapter is trained (train.py,
+task "explainer") to continue with one of the rule's phrasings and a newline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ..io import jsonl_objects
+from ..metrics import pearson
+from .examples import show_token
+from .simulator import DEFAULT_DIR, load_lora
+
+HEADER = "A feature of a language model fires on the tokens marked <<like this>>.\n"
+
+
+class Shown(NamedTuple):
+    tokens: list[str]
+    """window token strings"""
+    values: np.ndarray
+    """[n] activations"""
+
+
+def crop(tokens: Sequence[str], values: np.ndarray, span: int) -> tuple[list[str], np.ndarray]:
+    """At most `span` tokens around the strongest one."""
+    if len(tokens) <= span:
+        return list(tokens), np.asarray(values)
+    c = int(np.argmax(values))
+    s = min(max(0, c - span // 2), len(tokens) - span)
+    return list(tokens[s : s + span]), np.asarray(values[s : s + span])
+
+
+def explainer_prompt(windows: Sequence[Shown], n_active: int = 3, n_quiet: int = 1, span: int = 16,
+                     mark: float = 0.3) -> str:
+    """The prompt for a feature given its windows (values in any unit; compared to their max)."""
+    top = max((float(np.max(w.values)) for w in windows if len(w.values)), default=0.0)
+    act = sorted([w for w in windows if top > 0 and len(w.values) and np.max(w.values) > mark * top],
+                 key=lambda w: -float(np.max(w.values)))
+    quiet = [w for w in windows if not len(w.values) or np.max(w.values) <= mark * top]
+    lines = [HEADER]
+    for w in act[:n_active]:
+        toks, vals = crop(w.tokens, np.asarray(w.values, np.float64), span)
+        text = "".join(f"<<{show_token(t)}>>" if v > mark * top else show_token(t) for t, v in zip(toks, vals))
+        lines.append(f"Text: {text.strip()}\n")
+    for w in quiet[:n_quiet]:
+        toks, _ = crop(w.tokens, np.zeros(len(w.tokens)), span)
+        lines.append(f"Quiet: {''.join(show_token(t) for t in toks).strip()}\n")
+    return "".join(lines) + "Explanation:"
+
+
+# ---- training data ----------------------------------------------------------------------------------
+def load_explainer_data(path: str | Path) -> list[tuple[list[str], str]]:
+    """(explanations, prompt) per feature line of a trainset file."""
+    out = []
+    for _, obj in jsonl_objects(path):
+        wins = [Shown(w["tokens"], np.asarray(w["values"], np.float64)) for w in obj["windows"]]
+        out.append((obj["explanations"], explainer_prompt(wins)))
+    return out
+
+
+def explainer_batch(tokenizer, items: Sequence[tuple[list[str], str]], rng: np.random.Generator):
+    """(ids [b, s], attention mask [b, s], labels [b, s]: -100 except the explanation and its newline)."""
+    rows = []
+    for expls, prompt in items:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t = tokenizer(" " + expls[rng.integers(len(expls))] + "\n", add_special_tokens=False)["input_ids"]
+        rows.append((p + t, [-100] * len(p) + t))
+    n = max(len(r) for r, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    for b, (r, lab) in enumerate(rows):
+        ids[b, : len(r)], mask[b, : len(r)], labels[b, : len(r)] = torch.tensor(r), 1, torch.tensor(lab)
+    return ids, mask, labels
+
+
+def explainer_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled positions only (the unembedding runs on those rows)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = base.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # [b, s, d_model]
+    sel = labels[:, 1:] != -100  # position j predicts token j + 1
+    logits = base.get_output_embeddings()(h[:, :-1][sel])  # [n_target, vocab]
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][sel])
+
+
+# ---- use ------------------------------------------------------------------------------------------
+def clean(text: str) -> str | None:
+    line = text.strip().split("\n")[0].strip().strip(" \"'").rstrip(" .;:,")
+    return line or None
+
+
+class TrainedExplainer:
+    """A subject model with an explainer adapter merged in."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained"):
+        self.model, self.tok, self.name = model, tokenizer, name
+
+    @classmethod
+    def load(cls, subject, adapter_dir: str | Path | None = None) -> "TrainedExplainer":
+        adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "explainer"
+        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}")
+
+    @torch.no_grad()
+    def explain(self, windows: Sequence[tuple[Sequence[str], Sequence[float]]], k: int = 8, temperature: float = 0.7,
+                max_tokens: int = 16, seed: int = 0) -> list[str]:
+        """Up to k distinct explanations (the greedy one first, then samples)."""
+        prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
+        enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
+        dev = next(self.model.parameters()).device
+        ids = enc["input_ids"].to(dev)
+        kw = dict(max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, attention_mask=torch.ones_like(ids))
+        outs = self.model.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:].tolist()
+        if k > 1:
+            torch.manual_seed(seed)
+            outs += self.model.generate(ids, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                        num_return_sequences=k - 1, **kw)[:, ids.shape[1]:].tolist()
+        found: list[str] = []
+        for o in outs:
+            e = clean(self.tok.decode(o, skip_special_tokens=True))
+            if e and e.lower() not in {x.lower() for x in found}:
+                found.append(e)
+        return found
+
+
+class PromptExplainer:
+    """The prompted explainer (explain.py) on any LLM, behind the same `.explain(windows, k, seed)` call."""
+
+    def __init__(self, llm, temperature: float = 0.8, max_tokens: int = 48):
+        self.llm, self.name, self.temperature, self.max_tokens = llm, f"prompt:{llm.name}", temperature, max_tokens
+
+    def explain(self, windows: Sequence[tuple[Sequence[str], Sequence[float]]], k: int = 8, seed: int = 0) -> list[str]:
+        from .examples import Window
+        from .explain import explain
+
+        wins = [Window(list(t), np.asarray(v, np.float64), i, 0) for i, (t, v) in enumerate(windows)]
+        return explain(self.llm, wins, k, self.temperature, self.max_tokens, seed)
+
+
+def simulation_r(sim, explanation: str, windows: Sequence[tuple[Sequence[str], Sequence[float]]]) -> float | None:
+    """Pearson r over all tokens of the windows between simulated and true values (None when undefined)."""
+    if not windows:
+        return None
+    preds = sim.simulate(explanation, [list(t) for t, _ in windows])
+    return pearson(np.concatenate(preds), np.concatenate([np.asarray(v, np.float64) for _, v in windows]))
+
+
+def select(sim, candidates: Sequence[str], windows) -> tuple[int | None, list[float | None]]:
+    """(index of the best candidate by simulation r on `windows`, every candidate's r)."""
+    rs = [simulation_r(sim, c, windows) for c in candidates]
+    defined = [i for i, r in enumerate(rs) if r is not None]
+    return (max(defined, key=lambda i: rs[i]) if defined else (0 if candidates else None)), rs
+
+
+def explainer_from(spec: str, subject):
+    """"default" (the shipped trained explainer; the prompted one on a model it was not trained for),
+    "prompt", an http(s) URL (prompted, OpenAI-compatible endpoint), or an adapter folder."""
+    from ..errors import DataError
+    from .llm import LocalLLM
+    from .simulator import endpoint_llm, shipped_fits
+
+    if spec == "default":
+        return TrainedExplainer.load(subject) if shipped_fits(subject, "explainer") else PromptExplainer(LocalLLM(subject))
+    if spec == "prompt":
+        return PromptExplainer(LocalLLM(subject))
+    if spec.startswith(("http://", "https://")):
+        return PromptExplainer(endpoint_llm(spec))
+    if Path(spec).is_dir():
+        return TrainedExplainer.load(subject, spec)
+    raise DataError(f"explainer {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")

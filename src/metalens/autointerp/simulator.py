@@ -1,0 +1,239 @@
+"""Simulators behind one interface: `simulate(explanation, windows) -> [np.ndarray per window]`.
+
+    TrainedSimulator   a LoRA fine-tune of the subject model (shipped in default/simulator/): ONE forward
+                       pass over "Explanation: <text>\\nText:" + the window's tokens; at every window
+                       token, the logits of 11 fixed token ids give a distribution over the values
+                       0..10 and the prediction is its expected value (Transluce's fine-tuned simulator)
+    PromptSimulator    the prompted few-shot simulator of simulate.py on any LLM (local or endpoint)
+
+Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
+split gives several sub-tokens, an empty one none) and its value is read at its LAST sub-token (an
+empty string reads at the position before it), so predictions align one for one with the strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..models import Subject
+from .llm import LLM
+
+N_VALUES = 11  # values 0..10
+PROMPT_FORMAT = "Explanation: {explanation}\nText:"
+DEFAULT_DIR = Path(__file__).parent / "default"
+
+
+class Simulator(Protocol):
+    name: str
+
+    def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
+
+
+class PromptSimulator:
+    """The prompted simulator (simulate.py) on an LLM, behind the Simulator interface; values 0..10."""
+
+    def __init__(self, llm: LLM, max_value: int | None = None):
+        from .simulate import scale_for
+
+        self.llm, self.name = llm, f"prompt:{llm.name}"
+        self.max_value = scale_for(llm) if max_value is None else max_value
+
+    def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        from .simulate import simulate
+
+        return [p * (10 / self.max_value) for p in simulate(self.llm, explanation, windows, self.max_value)]
+
+
+def value_token_ids(tokenizer) -> list[int]:
+    """The 11 token ids read for the values 0..10: the digits "0".."9", then "10" if it is one token,
+    else "X" (any fixed single token works: the simulator is trained to put its mass there)."""
+    ids = []
+    for s in [str(v) for v in range(10)] + ["10", "X"]:
+        t = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(t) == 1 and t[0] not in ids:
+            ids.append(t[0])
+        if len(ids) == N_VALUES:
+            return ids
+    raise DataError(f"the tokenizer {getattr(tokenizer, 'name_or_path', '?')} has no single tokens for the digits 0..9")
+
+
+def expected_values(logits: torch.Tensor) -> torch.Tensor:
+    """[..., 11] value logits -> [...] expected value sum_v v * softmax(logits)_v."""
+    return logits.float().softmax(-1) @ torch.arange(N_VALUES, dtype=torch.float32, device=logits.device)
+
+
+class Encoded(NamedTuple):
+    input_ids: torch.Tensor
+    """[batch, seq] right-padded ids"""
+    attention_mask: torch.Tensor
+    """[batch, seq]"""
+    reads: list[list[int]]
+    """per row, the position read for each window string"""
+
+
+class Encoder:
+    """Explanation + window strings -> ids and read positions; caches each string's sub-token ids."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.cache: dict[str, list[int]] = {}
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def ids(self, s: str) -> list[int]:
+        if s not in self.cache:
+            self.cache[s] = self.tok(s, add_special_tokens=False)["input_ids"] if s else []
+        return self.cache[s]
+
+    def row(self, explanation: str, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+        ids = list(self.tok(PROMPT_FORMAT.format(explanation=explanation.strip()), add_special_tokens=False)["input_ids"])
+        reads = []
+        for s in tokens:
+            if not isinstance(s, str):
+                raise DataError(f"window tokens must be strings; got {type(s).__name__} {s!r}")
+            ids += self.ids(s)
+            reads.append(len(ids) - 1)
+        return ids, reads
+
+    def batch(self, rows: Sequence[tuple[str, Sequence[str]]]) -> Encoded:
+        enc = [self.row(e, t) for e, t in rows]
+        n = max(len(i) for i, _ in enc)
+        ids = torch.full((len(enc), n), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), n), dtype=torch.long)
+        for b, (i, _) in enumerate(enc):
+            ids[b, : len(i)] = torch.tensor(i)
+            mask[b, : len(i)] = 1
+        return Encoded(ids, mask, [r for _, r in enc])
+
+
+def value_logits(model: torch.nn.Module, enc: Encoded, value_ids: Sequence[int]) -> list[torch.Tensor]:
+    """Per row, [n_strings, 11] logits of the value tokens at the read positions (one forward pass)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(model.parameters()).device
+    h = base.model(input_ids=enc.input_ids.to(dev), attention_mask=enc.attention_mask.to(dev),
+                   use_cache=False).last_hidden_state  # [batch, seq, d_model]
+    w = base.get_output_embeddings().weight[list(value_ids)]  # [11, d_model]
+    return [h[b, r] @ w.T for b, r in enumerate(enc.reads)]  # only the 11 value rows of the unembedding
+
+
+class TrainedSimulator:
+    """A trained simulator: a subject model with a simulator adapter merged in."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", batch_size: int = 8):
+        self.model, self.name, self.batch_size = model, name, batch_size
+        self.encoder = Encoder(tokenizer)
+        self.value_ids = value_token_ids(tokenizer)
+
+    @classmethod
+    def load(cls, subject: Subject, adapter_dir: str | Path | None = None, batch_size: int = 8) -> "TrainedSimulator":
+        """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy."""
+        adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "simulator"
+        model = load_lora(subject.model, adapter_dir)
+        return cls(model, subject.tokenizer, f"trained:{adapter_dir.name}", batch_size)
+
+    @torch.no_grad()
+    def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for s in range(0, len(windows), self.batch_size):
+            chunk = windows[s : s + self.batch_size]
+            if not chunk:
+                continue
+            logits = value_logits(self.model, self.encoder.batch([(explanation, w) for w in chunk]), self.value_ids)
+            out += [expected_values(lg).cpu().numpy().astype(np.float64) for lg in logits]
+        return out
+
+
+# ---- adapters: trained LoRA tensors as fp16 safetensors + a JSON config ----------------------------
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable LoRA tensors of a peft model, by name."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+
+
+def save_lora(model: torch.nn.Module, out: str | Path, config: dict) -> None:
+    """Write adapter.safetensors (fp16, trainable LoRA tensors only) and adapter.json (`config`)."""
+    from safetensors.torch import save
+
+    from ..io import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    state = {n: t.half().contiguous().cpu() for n, t in lora_state(model).items()}
+    atomic_write_bytes(out / "adapter.safetensors", save(state))
+    atomic_write_json(out / "adapter.json", config)
+
+
+def add_lora_for(model: torch.nn.Module, config: dict) -> torch.nn.Module:
+    """A fresh peft LoRA on `model` (in place) as `config` says, trainable only from layer config['first_layer']."""
+    from ..adapters import add_lora
+
+    peft_model = add_lora(model, config["rank"], config.get("alpha"), seed=config.get("seed", 0))
+    first = config.get("first_layer", 0)
+    for n, p in peft_model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(layer_of(n) >= first)
+    return peft_model
+
+
+def layer_of(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
+
+
+def load_lora(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> torch.nn.Module:
+    """A copy of `base` with the adapter in adapter_dir: merged (plain model) or, if trainable, a peft model."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path, w_path = adapter_dir / "adapter.json", adapter_dir / "adapter.safetensors"
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise DataError(f"{adapter_dir} holds no adapter (needs adapter.json and adapter.safetensors)")
+    config = json.loads(cfg_path.read_text())
+    model = add_lora_for(copy.deepcopy(base), config)
+    state = load_file(str(w_path))
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise DataError(f"{w_path}: {len(missing)} tensors do not fit this model (e.g. {missing[0]}); "
+                        f"was it trained on {config.get('base_model', 'another model')}?")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].dtype))
+    if trainable:
+        return model
+    merged = model.merge_and_unload()
+    merged.requires_grad_(False)
+    return merged.eval()
+
+
+def shipped_fits(subject: Subject, which: str) -> bool:
+    """Whether the shipped adapter default/<which>/ exists and was trained on this subject's model."""
+    cfg = DEFAULT_DIR / which / "adapter.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("base_model") == subject.name
+
+
+def endpoint_llm(url: str):
+    from .llm import EndpointConfig, EndpointLLM
+
+    return EndpointLLM(EndpointConfig(base_url=url))
+
+
+def simulator_from(spec: str, subject: Subject) -> Simulator:
+    """"default" (the shipped trained simulator; the prompted one on a model it was not trained for),
+    "prompt" (prompted, local model), an http(s) URL (prompted, OpenAI-compatible endpoint), or an
+    adapter folder."""
+    from .llm import LocalLLM
+
+    if spec == "default":
+        return TrainedSimulator.load(subject) if shipped_fits(subject, "simulator") else PromptSimulator(LocalLLM(subject))
+    if spec == "prompt":
+        return PromptSimulator(LocalLLM(subject))
+    if spec.startswith(("http://", "https://")):
+        return PromptSimulator(endpoint_llm(spec))
+    if Path(spec).is_dir():
+        return TrainedSimulator.load(subject, spec)
+    raise DataError(f"simulator {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")

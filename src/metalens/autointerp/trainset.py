@@ -1,0 +1,173 @@
+"""Training and evaluation data with known answers: rules (rules.py) applied to real text.
+
+    build_trainset("runs/simdata", data_dir="/path/to/shared/ao", tokenizer=subject.tokenizer)
+
+writes, each file atomically (a finished file is skipped when the build runs again):
+
+    train.jsonl         rules of the training families on the training text sources
+    heldout.jsonl       rules of the held-out families on the held-out text sources
+    seen_newtext.jsonl  rules of the training families on the held-out text sources
+    meta.json           the build's config (families, sources, sizes)
+
+Every line is a feature in the store-free format (formats.py) plus what the rule knows:
+{"id", "rule", "family", "explanation", "explanations", "scale", "windows": [{"tokens", "values"}]};
+`scale` is the rule's max over its whole text pool (values are normalised to 0..10 by it).
+Text sources: "news" (news snippets), "pydoc" (CPython's reference manual) for training;
+"claims" (one-line common-sense claims) and "sentences" (hand-written everyday sentences) held out.
+`data_dir` is the root holding `classification_datasets/`; without it only pydoc and the hand-written
+sentences are used (and the built-in word lists).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..io import atomic_write_json, write_jsonl
+from .rules import Rule, make_rules, word_lists
+from .synthetic import SENTENCES, pydoc_paragraphs
+
+HOLDOUT = ("places", "nature", "compound")
+TRAIN_SOURCES = ("news", "pydoc")
+TEST_SOURCES = ("claims", "sentences")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What build_trainset makes."""
+
+    holdout: tuple[str, ...] = HOLDOUT
+    """rule families left out of train.jsonl"""
+    window: int = 32
+    """tokens per window"""
+    max_tokens: int = 256
+    """tokens kept per text"""
+    windows_per_feature: int = 12
+    """windows per feature line"""
+    active_share: float = 0.5
+    """share of a line's windows drawn from windows where the rule fires"""
+    foreign_share: float = 0.25
+    """share drawn from windows where ANOTHER rule fires (with this rule's values there), so the
+    simulator cannot guess the rule from what a window holds and must read the explanation"""
+    train_lines_per_rule: int = 40
+    """feature lines per training rule"""
+    eval_lines_per_rule: int = 2
+    """feature lines per rule in the evaluation files"""
+    noise_share: float = 0.1
+    """share of training lines with label noise (10% of active tokens off, 0.5% of others on)"""
+    n_pydoc: int = 600
+    """reference-manual paragraphs"""
+    seed: int = 0
+    """sampling seed"""
+
+
+def _csv_column(path: Path, column: str) -> list[str]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row[column].strip() for row in csv.DictReader(f) if row.get(column, "").strip()]
+
+
+def text_sources(data_dir: str | Path | None, n_pydoc: int = 600) -> dict[str, list[str]]:
+    """Texts per source name (sources whose files are absent are empty)."""
+    root = Path(data_dir) / "classification_datasets" if data_dir else None
+    claims = _csv_column(root / "gmt" / "common_claim_true_false.csv", "statement") if root else []
+    lines = [s for s in SENTENCES.splitlines() if s.strip()]
+    return {
+        "news": [" ".join(t.split()) for t in _csv_column(root / "engels" / "139_news_class_Politics.csv", "prompt")]
+        if root else [],
+        "pydoc": pydoc_paragraphs(n_pydoc, seed=1),
+        "claims": [" ".join(claims[i : i + 4]) for i in range(0, len(claims), 4)],  # 4 claims per text
+        "sentences": [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)],
+    }
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[str]]:
+    """Token strings of each text (no special tokens), truncated."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [tokenizer.batch_decode([[i] for i in row[:max_tokens]]) for row in ids]
+
+
+def windows_of(texts: list[list[str]], rule: Rule, window: int) -> list[tuple[list[str], np.ndarray]]:
+    """(tokens, values) of every full-ish window (>= 8 tokens) of every text; the rule sees the whole text.
+    The windows are the same, in the same order, for every rule."""
+    out = []
+    for toks in texts:
+        v = rule.values(toks)
+        for s in range(0, len(toks), window):
+            if len(toks) - s >= 8:
+                out.append((toks[s : s + window], v[s : s + window]))
+    return out
+
+
+def feature_lines(rule: Rule, wins, n_lines: int, cfg: BuildConfig, rng: np.random.Generator, tag: str,
+                  noise: bool, foreign: Sequence[np.ndarray] = ()) -> list[dict]:
+    """n_lines feature lines of cfg.windows_per_feature windows each: active_share from windows where
+    the rule fires, foreign_share from `foreign` (per other rule, the indices of its active windows),
+    the rest uniformly random."""
+    if not wins:
+        return []
+    scale = max(float(v.max()) for _, v in wins)
+    active = [i for i, (_, v) in enumerate(wins) if v.max() > 0]
+    if scale <= 0 or not active:
+        return []
+    n_act = max(1, round(cfg.windows_per_feature * cfg.active_share))
+    n_for = round(cfg.windows_per_feature * cfg.foreign_share) if len(foreign) else 0
+    out = []
+    for j in range(n_lines):
+        a = rng.choice(active, size=min(n_act, len(active)), replace=False)
+        fo = [int(rng.choice(foreign[int(k)])) for k in rng.integers(0, len(foreign), n_for)]
+        r = rng.choice(len(wins), size=cfg.windows_per_feature - len(a) - len(fo), replace=False)
+        rows = []
+        noisy = noise and rng.random() < cfg.noise_share
+        for i in list(a) + fo + list(r):
+            toks, v = wins[i]
+            if noisy:
+                u = rng.random(len(v))
+                v = np.where(v > 0, np.where(u < 0.1, 0.0, v), np.where(u < 0.005, scale, 0.0))
+            rows.append({"tokens": list(toks), "values": [round(float(x), 4) for x in v]})
+        out.append({"id": f"{rule.name}/{tag}/{j}", "rule": rule.name, "family": rule.family,
+                    "explanation": rule.explanations[0], "explanations": list(rule.explanations), "scale": scale,
+                    "noisy": bool(noisy), "windows": rows})
+    return out
+
+
+def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = None, cfg: BuildConfig = BuildConfig(),
+                   rules: Sequence[Rule] | None = None) -> dict[str, Path]:
+    """Write train.jsonl, heldout.jsonl, seen_newtext.jsonl and meta.json under `out` (see module doc)."""
+    out = Path(out)
+    rel = Path(data_dir) / "classification_datasets" / "relations" if data_dir else None
+    rules = list(rules) if rules is not None else make_rules(word_lists(rel))
+    srcs = text_sources(data_dir, cfg.n_pydoc)
+    train_texts = tokenize(tokenizer, [t for s in TRAIN_SOURCES for t in srcs[s]], cfg.max_tokens)
+    test_texts = tokenize(tokenizer, [t for s in TEST_SOURCES for t in srcs[s]], cfg.max_tokens)
+    plan = {
+        "train.jsonl": ([r for r in rules if r.family not in cfg.holdout], train_texts, cfg.train_lines_per_rule, True),
+        "heldout.jsonl": ([r for r in rules if r.family in cfg.holdout], test_texts, cfg.eval_lines_per_rule, False),
+        "seen_newtext.jsonl": ([r for r in rules if r.family not in cfg.holdout], test_texts, cfg.eval_lines_per_rule,
+                               False),
+    }
+    paths, counts = {}, {}
+    for name, (rs, texts, n, noise) in plan.items():
+        path = paths[name] = out / name
+        if path.exists():
+            continue
+        rng = np.random.default_rng([cfg.seed, len(name)])
+        wins = {r.name: windows_of(texts, r, cfg.window) for r in rs}
+        act = {r.name: np.array([i for i, (_, v) in enumerate(wins[r.name]) if v.max() > 0]) for r in rs}
+        lines = []
+        for r in rs:
+            foreign = [act[o.name] for o in rs if o.family != r.family and len(act[o.name])] if noise else []
+            lines += feature_lines(r, wins[r.name], n, cfg, rng, name[:5], noise, foreign)
+        if name == "train.jsonl":
+            rng.shuffle(lines)
+        write_jsonl(path, lines)
+        counts[name] = len(lines)
+    atomic_write_json(out / "meta.json", {"config": asdict(cfg), "sources": {k: len(v) for k, v in srcs.items()},
+                                          "rules": [{"name": r.name, "family": r.family} for r in rules],
+                                          "lines": counts, "tokenizer": getattr(tokenizer, "name_or_path", "")})
+    return paths

@@ -1,0 +1,301 @@
+"""Trained simulator and explainer: rules, the expected-value readout, training on the tiny Llama,
+store-free JSONL formats, token alignment, and undefined scores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metalens.autointerp import rules as R
+from metalens.autointerp.examples import ExampleConfig, ExampleSet, Window, make_examples
+from metalens.autointerp.formats import explain_file, simulate_file, split_windows
+from metalens.autointerp.score import detection_score, simulation_score
+from metalens.autointerp.simulator import Encoder, TrainedSimulator, value_token_ids
+from metalens.errors import DataError
+from metalens.testing import tiny_llama
+
+
+def by_name():
+    return {r.name: r for r in R.make_rules()}
+
+
+# ---- rules give the activations their definitions say ----------------------------------------------
+def test_word_rules_mark_every_token_of_the_word():
+    r = by_name()
+    toks = ["We", " met", " in", " Jan", "uary", " in", " France", "."]
+    np.testing.assert_array_equal(r["months"].values(toks), [0, 0, 0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(r["countries"].values(toks), [0, 0, 0, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(r["dates"].values(toks), r["months"].values(toks))  # OR with weekdays (none here)
+    np.testing.assert_array_equal(r["ing"].values(["He", " was", " sing", "ing", " king"]), [0, 0, 1, 1, 0])
+
+
+def test_context_and_graded_rules_by_hand():
+    r = by_name()
+    toks = ["She", " said", ' "', "Go", " now", '"', " and", " left", "."]
+    np.testing.assert_array_equal(r["in_quotes"].values(toks), [0, 0, 0, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(r["capital_in_quotes"].values(toks), [0, 0, 0, 1, 0, 0, 0, 0, 0])  # AND
+    np.testing.assert_array_equal(r["sentence_start"].values(["The", " end", ".", " Then", " more"]), [1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(r["after_negation"].values(["I", " do", " not", " know", " it"]), [0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(r["after_colon"].values(["Note", ":", " read", " this"]), [0, 0, 1, 0])
+    np.testing.assert_array_equal(r["digit_value"].values([" 7", "x", "0", "12"]), [8, 0, 1, 0])
+    np.testing.assert_array_equal(r["word_length"].values(["a", " wonderful"]), [0, 3])  # 9 letters - 6
+    np.testing.assert_array_equal(r["sentence_position"].values(["A", " b", ".", " C"]), [1, 2, 0, 1])
+
+
+def test_rules_are_grouped_in_families_with_several_phrasings():
+    rs = R.make_rules()
+    assert len({r.name for r in rs}) == len(rs)
+    assert {r.family for r in rs} == set(R.FAMILIES)
+    assert all(len(r.explanations) >= 3 for r in rs)
+
+
+def test_word_lists_read_relation_files(tmp_path):
+    (tmp_path / "factual").mkdir()
+    (tmp_path / "factual" / "country_capital_city.json").write_text(
+        json.dumps({"samples": [{"subject": "Atlantis", "object": "X"}, {"subject": "Two Words", "object": "Y"}]}))
+    lists = R.word_lists(tmp_path)
+    assert "Atlantis" in lists["countries"] and "Two Words" not in lists["countries"]
+    assert "Atlantis" not in R.word_lists()["countries"]
+
+
+# ---- the expected-value readout -------------------------------------------------------------------------
+def test_expected_value_readout_equals_manual_computation(tiny):
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer)
+    toks = ["ab", "", "c d"]  # "ab" and "c d" are several byte tokens; "" is none
+    got = sim.simulate("animals", [toks])[0]
+    prefix = tiny.tokenizer("Explanation: animals\nText:", add_special_tokens=False)["input_ids"]
+    ids = prefix + tiny.tokenizer("ab", add_special_tokens=False)["input_ids"]
+    read_ab = len(ids) - 1
+    ids += tiny.tokenizer("c d", add_special_tokens=False)["input_ids"]
+    read_cd = len(ids) - 1
+    with torch.no_grad():
+        logits = tiny.model(torch.tensor([ids])).logits[0]  # [seq, vocab]
+    vid = value_token_ids(tiny.tokenizer)
+    ev = lambda row: float((logits[row, vid].softmax(-1) * torch.arange(11.0)).sum())  # noqa: E731
+    np.testing.assert_allclose(got, [ev(read_ab), ev(read_ab), ev(read_cd)], atol=1e-5)  # "" reads before it
+    assert len(vid) == 11 and len(set(vid)) == 11
+
+
+def test_predictions_align_to_given_strings_split_or_merged(tiny):
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer)
+    split = sim.simulate("x", [["hello", " world"]])[0]
+    merged = sim.simulate("x", [["h", "e", "l", "l", "o", " world"]])[0]
+    assert len(split) == 2 and len(merged) == 6
+    # same byte sequence either way: the last value of "hello" equals the value at its last byte "o"
+    np.testing.assert_allclose(split, merged[[4, 5]], atol=1e-5)
+    enc = Encoder(tiny.tokenizer).batch([("x", ["hello", " world"])])
+    assert enc.reads[0][1] - enc.reads[0][0] == 6  # " world" is 6 byte tokens
+
+
+# ---- training, saving, loading ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from metalens.autointerp.train import TrainConfig, train
+    from metalens.autointerp.trainset import BuildConfig, build_trainset
+
+    root = tmp_path_factory.mktemp("trained")
+    torch.set_num_threads(1)
+    subj = tiny_llama(seed=3)
+    bc = BuildConfig(n_pydoc=30, train_lines_per_rule=1, windows_per_feature=4, window=16, max_tokens=64)
+    build_trainset(root / "data", subj.tokenizer, None, bc)
+    cfg = TrainConfig(data=str(root / "data"), out=str(root / "sim"), steps=3, batch=2, crop=12, eval_every=2,
+                      eval_windows=2, eval_controls=1, first_layer=2, checkpoint_s=0.0)
+    final = train(cfg, subj)
+    ecfg = TrainConfig(data=str(root / "data"), out=str(root / "exp"), task="explainer", steps=2, batch=2,
+                       first_layer=2, checkpoint_s=0.0)
+    efinal = train(ecfg, tiny_llama(seed=3))
+    return root, final, efinal, cfg
+
+
+def test_trainset_holds_out_whole_families(trained):
+    root, *_ = trained
+    train_fams = {json.loads(ln)["family"] for ln in (root / "data" / "train.jsonl").read_text().splitlines()}
+    held = {json.loads(ln)["family"] for ln in (root / "data" / "heldout.jsonl").read_text().splitlines()}
+    assert held and train_fams and not (held & train_fams)
+
+
+def test_train_save_load_simulate_and_resume(trained):
+    from metalens.autointerp.train import TrainConfig, train
+
+    root, final, _, cfg = trained
+    cfg_json = json.loads((final / "adapter.json").read_text())
+    assert cfg_json["steps"] == 3 and (final / "adapter.safetensors").stat().st_size > 0
+    from safetensors.torch import load_file
+
+    w = load_file(str(final / "adapter.safetensors"))
+    assert w and all(t.dtype == torch.float16 for t in w.values())
+    assert all(int(n.split("layers.")[1].split(".")[0]) >= 2 for n in w)  # only the trained layers are shipped
+    base = tiny_llama(seed=3)
+    sim = TrainedSimulator.load(base, final)
+    a = sim.simulate("months", [["in", " May"]])[0]
+    b = TrainedSimulator(base.model, base.tokenizer).simulate("months", [["in", " May"]])[0]
+    assert a.shape == (2,) and not np.allclose(a, b)  # the adapter changed the predictions
+    np.testing.assert_allclose(TrainedSimulator.load(base, final).simulate("months", [["in", " May"]])[0], a)
+    curve = [json.loads(ln) for ln in (root / "sim" / "curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve if "auroc" in c] == [0, 2]
+    # resume: more steps continue from the checkpoint (step 3), not from scratch
+    state = json.loads((root / "sim" / "ckpt" / "state.json").read_text())
+    assert state["step"] == 3 and state["adam_steps"]
+    again = train(TrainConfig(**{**cfg.__dict__, "steps": 4}), tiny_llama(seed=3))
+    assert json.loads((again / "adapter.json").read_text())["steps"] == 4
+    curve = [json.loads(ln) for ln in (root / "sim" / "curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve if "auroc" in c] == [0, 2, 4]  # continued at 3; step 0 not evaluated again
+    with pytest.raises(ValueError, match="different config"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), tiny_llama(seed=3))
+
+
+def test_trained_explainer_explains_and_selects(trained):
+    from metalens.autointerp.explainer import TrainedExplainer, explainer_prompt, Shown, select
+
+    root, final, efinal, _ = trained
+    base = tiny_llama(seed=3)
+    ex = TrainedExplainer.load(base, efinal)
+    wins = [(["in", " May"], [0.0, 2.0]), (["the", " end"], [0.0, 0.0])]
+    cands = ex.explain(wins, k=3, max_tokens=6)
+    assert 1 <= len(cands) <= 3 and all(isinstance(c, str) and c for c in cands)
+    best, rs = select(TrainedSimulator.load(base, final), cands, wins)
+    assert best is not None and len(rs) == len(cands)
+    p = explainer_prompt([Shown(["in", " May"], np.array([0.0, 2.0])), Shown(["the"], np.array([0.0]))])
+    assert "Text: in<< May>>" in p and "Quiet: the" in p and p.endswith("Explanation:")
+
+
+# ---- store-free JSONL formats ------------------------------------------------------------------------------
+def write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_simulate_format_round_trip(tiny, tmp_path):
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer)
+    f = write(tmp_path / "f.jsonl", [
+        {"id": "a", "explanation": "months", "windows": [{"tokens": ["in", " May"], "values": [0, 3]},
+                                                         {"tokens": ["x"], "values": [1]}]},
+        {"id": 7, "explanation": "months", "windows": [{"tokens": ["in", " May"]}]},
+        {"id": "c", "explanation": "months", "windows": [{"tokens": ["a", "b"], "values": [2, 2]}]},
+    ])
+    out = simulate_file(f, sim)
+    assert [o["id"] for o in out] == ["a", 7, "c"]
+    assert [len(p) for p in out[0]["predictions"]] == [2, 1] and isinstance(out[0]["r"], float)
+    np.testing.assert_allclose(out[1]["predictions"][0], out[0]["predictions"][0], atol=1e-4)
+    assert out[1]["r"] is None and "no values" in out[1]["reason"]
+    assert out[2]["r"] is None and "constant" in out[2]["reason"]
+    json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("{not json", "not valid JSON"),
+    ('{"explanation": "x", "windows": [{"tokens": ["a"]}]}', "id"),
+    ('{"id": 1, "explanation": "", "windows": [{"tokens": ["a"]}]}', "explanation"),
+    ('{"id": 1, "explanation": "x", "windows": [{"tokens": ["a"], "values": [1, 2]}]}', "values"),
+    ('{"id": 1, "explanation": "x", "windows": [{"tokens": [3]}]}', "tokens"),
+])
+def test_simulate_format_rejects_bad_lines_naming_file_line(tiny, tmp_path, bad, msg):
+    good = {"id": 0, "explanation": "x", "windows": [{"tokens": ["a"]}]}
+    f = write(tmp_path / "bad.jsonl", [good, bad])
+    with pytest.raises(DataError, match=rf"bad.jsonl:2: .*{msg}"):
+        simulate_file(f, TrainedSimulator(tiny.model, tiny.tokenizer))
+
+
+class FixedExplainer:
+    name = "fixed"
+
+    def explain(self, windows, k=8, seed=0):
+        return ["months", "colours"][:k]
+
+
+def test_explain_format_splits_and_scores(tiny, tmp_path):
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer)
+    wins = [{"tokens": ["in", " May", " now"], "values": [0, v, 0]} for v in (5, 4, 3, 2, 1)]
+    wins += [{"tokens": ["a", "b"], "values": [0, 0]}] * 3
+    f = write(tmp_path / "e.jsonl", [{"id": "f1", "windows": wins},
+                                     {"id": "f2", "windows": [{"tokens": ["a"], "values": [0]}]}])
+    out = explain_file(f, FixedExplainer(), sim, k=2)
+    assert out[0]["split"] == split_windows([(w["tokens"], w["values"]) for w in wins])
+    assert out[0]["split"]["explain"] == [0, 1, 4, 5] and out[0]["split"]["test"] == [3, 7]
+    assert out[0]["explanation"] in ("months", "colours") and len(out[0]["candidates"]) == 2
+    assert out[1]["explanation"] is None and out[1]["score"] is None and "no window" in out[1]["reason"]
+    with pytest.raises(DataError, match="e2.jsonl:1: .*values"):
+        explain_file(write(tmp_path / "e2.jsonl", [{"id": 1, "windows": [{"tokens": ["a"]}]}]), FixedExplainer(), sim)
+
+
+# ---- undefined scores are None with a reason, left out of averages ---------------------------------------
+class ConstSim:
+    name = "const"
+
+    def simulate(self, explanation, windows):
+        return [np.full(len(w), 3.0) for w in windows]
+
+
+def test_simulation_score_is_undefined_not_zero_for_constant_predictions():
+    w = Window(["in", " May"], np.array([0.0, 2.0]), 0, 0)
+    s = simulation_score(ConstSim(), "months", [w], [w])
+    assert s["all"] is None and "constant" in s["all_reason"]  # was 0.0
+
+
+def test_detection_auroc_is_undefined_without_negatives(tiny):
+    from metalens.autointerp.llm import LocalLLM
+
+    w = Window(["in", " May"], np.array([0.0, 2.0]), 0, 0)
+    d = detection_score(LocalLLM(tiny), "months", [w], [], yes_no=("Y", "N"))
+    assert d["auroc"] is None and d["reason"] == "no negative examples"  # was 0.5
+
+
+def test_summary_leaves_undefined_scores_out():
+    from metalens.autointerp.search import summary
+
+    res = {"a": {"text": "x", "test": {"simulation": {"all": 0.6}, "detection": {"auroc": None}}},
+           "b": {"text": "y", "test": {"simulation": {"all": None}, "detection": {"auroc": 0.8}}}}
+    s = summary(res)
+    assert s["simulation"] == pytest.approx(0.6) and s["detection_auroc"] == pytest.approx(0.8)
+    assert s["undefined"]["simulation"] == 1 and s["undefined"]["detection_auroc"] == 1
+
+
+def test_dense_feature_gets_negatives_by_quantile():
+    rng = np.random.default_rng(0)
+    wins = [Window([f"t{j}" for j in range(4)], 0.5 + rng.random(4), t, 0) for t in range(80)]  # always > 0
+    sets = make_examples(wins, ExampleConfig(n_negative=3))
+    assert all(isinstance(s, ExampleSet) for s in sets.values())
+    assert all(s.threshold > 0 and s.negative for s in sets.values())  # was: no negatives at all
+    for s in sets.values():
+        assert all(w.max <= s.threshold for w in s.negative) and all(w.max > s.threshold for w in s.top)
+
+
+def test_cli_simulate_and_explain_windows(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from metalens.cli import app
+
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    wins = [{"tokens": ["in", " May"], "values": [0, v]} for v in (3, 2, 1, 1)] + [{"tokens": ["a"], "values": [0]}] * 3
+    data = write(tmp_path / "s.jsonl", [{"id": "m", "explanation": "months", "windows": wins}])
+    common = ["--model", str(tmp_path / "model"), "--device", "cpu", "--json"]
+    r = CliRunner().invoke(app, ["simulate", "--data", str(data), "--simulator", "prompt", *common])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [len(p) for p in out["features"][0]["predictions"]] == [2, 2, 2, 2, 1, 1, 1]
+    r = CliRunner().invoke(app, ["explain", "--windows", str(data), "--k", "2", *common])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["features"][0]
+    assert row["id"] == "m" and set(row["split"]) == {"explain", "select", "test"}
+    bad = write(tmp_path / "bad.jsonl", ['{"id": "m", "windows": []}'])
+    r = CliRunner().invoke(app, ["simulate", "--data", str(bad), *common])
+    assert r.exit_code == 2 and "bad.jsonl:1" in r.output
+
+
+@pytest.mark.integration
+def test_shipped_adapters_on_the_default_model(real):
+    from metalens.autointerp.explainer import explainer_from
+    from metalens.autointerp.simulator import simulator_from
+
+    sim = simulator_from("default", real)
+    assert sim.name == "trained:simulator"
+    toks = ["We", " met", " in", " January", " and", " again", " in", " May", "."]
+    months = sim.simulate("months of the year", [toks])[0]
+    punct = sim.simulate("punctuation", [toks])[0]
+    others = np.delete(months, [3, 7])
+    assert months[3] > 5 and months[7] > 2 and months[[3, 7]].min() > 10 * others.max()  # January, May; nothing else
+    assert punct[8] > punct[3] and punct[8] > punct[7]  # the full stop, not the months
+    found = explainer_from("default", real).explain([(toks, [0, 0, 0, 1, 0, 0, 0, 1, 0])], k=3)
+    assert found and any("month" in f.lower() for f in found)

@@ -5,8 +5,8 @@
 - training examples/s: a few LoRA steps (batch 8) of the default recipe's kind of examples
 - `ask` latency on CPU for a 64-token context (read "all" = 64 soft tokens; and read "last"), one
   choice question, greedy answer of up to 8 tokens; median of reps
-- accuracy table: `metalens.oracle.evaluate` on the held-out-family yes/no file (default: the one
-  shipped with the default oracle) for the oracle and the four baselines
+- accuracy table: `metalens.oracle.evaluate` on the held-out-family yes/no file (default for the
+  default oracle: research/oracle/eval_heldout.jsonl) for the oracle and the four baselines
 Writes benchmarks/results/oracle.json. Targets: ask < 1 s for a 64-token context; held-out AUROC of
 P(Yes) >= 0.70 overall and >= 0.10 above untrained injection, and above the text-only control.
 """
@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 
 from metalens.oracle import Oracle, load_jsonl
-from metalens.oracle.ask import DEFAULT_DIR
 from metalens.oracle.evaluate import evaluate
 
 from common import write_result
+
+# the default oracle's eval sets live in the research record, not in the installed package
+RESEARCH_ORACLE = Path(__file__).resolve().parents[1] / "research" / "oracle"
 
 CONTEXT_64 = ("The committee met on Tuesday to review the budget for the new library, which had grown by almost "
               "a third since the spring. After two hours of debate, they agreed to delay the vote until the next "
@@ -36,7 +38,7 @@ CONTEXT_64 = ("The committee met on Tuesday to review the budget for the new lib
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--oracle", default="default")
-    ap.add_argument("--data", default=None, help="eval JSONL (default: the default oracle's held-out families file)")
+    ap.add_argument("--data", default=None, help="eval JSONL (default oracle: research/oracle/eval_heldout.jsonl)")
     ap.add_argument("--steps", type=int, default=4, help="training steps timed")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -63,8 +65,8 @@ def main() -> None:
         lat[read] = round(statistics.median(ts), 3)
 
     # training examples/s (same model copy: adapter trainable for a few steps, then restored)
-    data_dir = Path(args.oracle if args.oracle != "default" else DEFAULT_DIR)
-    # the shipped oracle keeps its files beside the adapter; a run keeps them in data/ (beside ckpt/ or in it)
+    data_dir = Path(args.oracle) if args.oracle != "default" else RESEARCH_ORACLE
+    # the default oracle's files are in research/oracle/; a run keeps them in data/ (beside ckpt/ or in it)
     near = lambda name: next((d / name for d in (data_dir, data_dir / "data", data_dir.parent / "data")  # noqa: E731
                               if (d / name).exists()), None)
     train_file = near("eval_trained.jsonl")

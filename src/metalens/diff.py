@@ -12,7 +12,7 @@ Both models' activations share one scale (mean norm sqrt(d)) and one decoder bia
 every difference, a constant shift included, has to be carried by latents; and a small L1-of-norms
 term (`norm_penalty`, as in Anthropic's crosscoders) pulls a decoder half to zero unless its model
 needs it. Without the two, a fine-tune's shift hid in the per-model biases and Adam's noise kept every
-latent near r = 0.5 (measured: README, "Model diffing"). The report lists one-sided latents by
+latent near r = 0.5 (measured: research/sae-and-diffing.md). The report lists one-sided latents by
 activation mass: the ones that carry most of the change come first.
 """
 

@@ -19,7 +19,7 @@ def train_cmd(
     out: Path = typer.Option(None, "--out", help="run directory (config, data, checkpoints, curves)"),
     recipe: str = typer.Option("default", "--recipe", help="default | diverse (stage 2: --set init_adapter=...) | tiny"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory"),
-    data: Optional[Path] = typer.Option(None, "--data", help="ao data dir; default $METALENS_AO_DATA or ../shared/data/ao"),
+    data: Optional[Path] = typer.Option(None, "--data", help="training data dir (Activation Oracles layout); default $METALENS_AO_DATA"),
     model: Optional[str] = ModelOpt,
     minutes: float = typer.Option(0.0, "--minutes", help="stop this session after N minutes (0 = no limit)"),
     max_steps: int = typer.Option(0, "--max-steps", help="total optimizer steps (0 = the recipe's)"),

@@ -2,10 +2,10 @@
 
     metalens oracle train --recipe default --out runs/oracle1          # builds data, trains, checkpoints
     metalens oracle train --resume runs/oracle1                          # continues from the last checkpoint
-    torchrun --nproc_per_node 4 -m metalens.cli oracle train --out runs/o4   # data-parallel over 4 GPUs
+    torchrun --nproc_per_node 4 -m metalens oracle train --out runs/o4   # data-parallel over 4 GPUs
 
 Under torchrun each optimizer step takes batch_size x grad_accum examples per process; process r
-runs micro-batches r, r + world, ... of one shared cursor and the gradients are summed, so W
+runs micro-batches r, r + world, ... of one shared cursor and DistributedDataParallel averages the gradients, so W
 processes make the same update as one process with grad_accum x W (tested on CPU with gloo).
 
 Run directory: config.json, data/*.jsonl (built once), ckpt/ (adapter + oracle.json + state.pt:
@@ -46,7 +46,7 @@ class OracleConfig:
     model: str | None = None
     """subject: local HF dir, or None for SmolLM2-135M-Instruct"""
     data_dir: str = ""
-    """ao data directory (../shared/data/ao layout); "" = $METALENS_AO_DATA or ../shared/data/ao"""
+    """ao data directory (../shared/data/ao layout); "" = $METALENS_AO_DATA (no default: the data is the user's)"""
     layers_pct: tuple = (50,)
     """read layers as percent of depth (each example draws one)"""
     inject_layer: int = 1
@@ -122,8 +122,8 @@ class OracleConfig:
 
 RECIPES = {
     "default": OracleConfig(),
-    # stage 2 (session 3): many yes/no questions whose concept is named in the question, started from
-    # a stage-1 run (--set init_adapter=runs/oracle-default/ckpt); see oracle/default/README.md
+    # stage 2: many yes/no questions whose concept is named in the question, started from a stage-1 run
+    # (--set init_adapter=runs/oracle-default/ckpt); see docs/oracle.md
     "diverse": OracleConfig(n_context=3000, n_latentqa=300, n_generated=0, n_relations=2000, n_mention=2000,
                             n_eval=120, eval_every_s=720.0, lr=5e-4, max_steps=750),
     "tiny": OracleConfig(n_context=64, n_yes_no_per_task=8, n_latentqa=8, n_generated=0, n_eval=8, max_steps=4,

@@ -99,7 +99,14 @@ def test_scores_run_and_are_bounded(tiny):
     sim = simulation_score(llm, "months", top, rnd, max_value=9)
     assert -1 <= sim["all"] <= 1 and -1 <= sim["random"] <= 1 and sim["n_tokens"] == 7
     det = detection_score(llm, "months", top, [rnd[0]], yes_no=("Y", "N"))
-    assert 0 <= det["auroc"] <= 1 and det["n"] == 3
+    # the AUROC of the model's own P(yes) for each window, positives first (recomputed by hand)
+    from metalens.autointerp.score import answer_format, detection_prompt
+    from metalens.metrics import auroc as auroc_of
+
+    suffix, choices = answer_format(llm, ("Y", "N"))
+    prompts = [detection_prompt("months", w.tokens) + suffix for w in top + [rnd[0]]]
+    p_yes = [float(q[0, 0] / q[0].sum()) for q in llm.position_probs([(t, [len(t)]) for t in prompts], choices)]
+    assert det["auroc"] == pytest.approx(auroc_of(p_yes, [1, 1, 0]), abs=1e-6) and det["n"] == 3
     fz = fuzzing_score(llm, "months", top, yes_no=("Y", "N"))
     assert 0 <= fz["auroc"] <= 1 and fz["n"] == 4
 

@@ -14,5 +14,5 @@ simulator predicts the feature's activations from them.
     score.py      simulation r, detection and fuzzing AUROC (None when undefined)
     search.py     best-of-k on val, scores on test, controls, resumable, results DB
     synthetic.py  ground-truth features with known rules (hand-written sentences, word helpers)
-    default/      the shipped simulator and explainer adapters (see default/README.md)
+    default/      the shipped simulator and explainer adapters (how they were made: research/autointerp/default-adapters.md)
 """

@@ -166,18 +166,7 @@ def select(sim, candidates: Sequence[str], windows) -> tuple[int | None, list[fl
 
 
 def explainer_from(spec: str, subject):
-    """"default" (the shipped trained explainer; the prompted one on a model it was not trained for),
-    "prompt", an http(s) URL (prompted, OpenAI-compatible endpoint), or an adapter folder."""
-    from ..errors import DataError
-    from .llm import LocalLLM
-    from .simulator import endpoint_llm, shipped_fits
+    """The explainer a spec names: default, prompt, an http(s) URL or an adapter folder (see simulator.resolve)."""
+    from .simulator import resolve
 
-    if spec == "default":
-        return TrainedExplainer.load(subject) if shipped_fits(subject, "explainer") else PromptExplainer(LocalLLM(subject))
-    if spec == "prompt":
-        return PromptExplainer(LocalLLM(subject))
-    if spec.startswith(("http://", "https://")):
-        return PromptExplainer(endpoint_llm(spec))
-    if Path(spec).is_dir():
-        return TrainedExplainer.load(subject, spec)
-    raise DataError(f"explainer {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")
+    return resolve(spec, subject, "explainer", TrainedExplainer, PromptExplainer)

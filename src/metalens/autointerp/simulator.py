@@ -161,18 +161,23 @@ def endpoint_llm(url: str):
     return EndpointLLM(EndpointConfig(base_url=url))
 
 
-def simulator_from(spec: str, subject: Subject) -> Simulator:
-    """"default" (the shipped trained simulator; the prompted one on a model it was not trained for),
-    "prompt" (prompted, local model), an http(s) URL (prompted, OpenAI-compatible endpoint), or an
-    adapter folder."""
+def resolve(spec: str, subject: Subject, which: str, trained, prompted):
+    """The scorer a spec names: "default" (the shipped trained adapter default/<which>/, or the prompted
+    one on a model it was not trained for), "prompt" (prompted, local model), an http(s) URL (prompted,
+    OpenAI-compatible endpoint) or an adapter folder. `trained` has .load(subject[, dir]); `prompted` takes an LLM."""
     from .llm import LocalLLM
 
     if spec == "default":
-        return TrainedSimulator.load(subject) if shipped_fits(subject, "simulator") else PromptSimulator(LocalLLM(subject))
+        return trained.load(subject) if shipped_fits(subject, which) else prompted(LocalLLM(subject))
     if spec == "prompt":
-        return PromptSimulator(LocalLLM(subject))
+        return prompted(LocalLLM(subject))
     if spec.startswith(("http://", "https://")):
-        return PromptSimulator(endpoint_llm(spec))
+        return prompted(endpoint_llm(spec))
     if Path(spec).is_dir():
-        return TrainedSimulator.load(subject, spec)
-    raise DataError(f"simulator {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")
+        return trained.load(subject, spec)
+    raise DataError(f"{which} {spec!r}: expected default, prompt, an http(s):// URL or an adapter folder")
+
+
+def simulator_from(spec: str, subject: Subject) -> Simulator:
+    """The simulator a spec names (see `resolve`)."""
+    return resolve(spec, subject, "simulator", TrainedSimulator, PromptSimulator)

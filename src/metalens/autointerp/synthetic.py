@@ -240,31 +240,31 @@ def feature_sequences(feature: SyntheticFeature, tokens: Sequence[Sequence[str]]
 
 
 def demo_section(subject, con) -> dict:
-    """`make demo`: simulate a synthetic feature (months) from its true and from a wrong explanation."""
+    """`make demo`: the default (trained) simulator predicts a synthetic feature (months) from its true and from
+    a wrong explanation."""
     from rich.table import Table
 
-    from .llm import LocalLLM
-    from .score import pearson
-    from .simulate import scale_for, simulate
+    from ..metrics import pearson
+    from .simulator import simulator_from
 
     t0 = time.perf_counter()
-    llm = LocalLLM(subject)
+    sim = simulator_from("default", subject)
     f, wrong = BY_NAME["months"], BY_NAME["parens"].explanation
     tokens = tokenize_corpus(subject.tokenizer, [t for t in corpus() if "January" in t][:1], max_tokens=32)
     truth = [f.values(t) for t in tokens]
-    top = scale_for(llm)
-    pred_true = simulate(llm, f.explanation, tokens, top)  # one forward pass per text
-    pred_wrong = simulate(llm, wrong, tokens, top)
+    pred_true = sim.simulate(f.explanation, tokens)  # one forward pass per window
+    pred_wrong = sim.simulate(wrong, tokens)
     cat = np.concatenate
     r_true, r_wrong = pearson(cat(pred_true), cat(truth)), pearson(cat(pred_wrong), cat(truth))
-    table = Table(title=f"autointerp: simulating the feature '{f.name}' from an explanation (0..{top})")
+    table = Table(title=f"autointerp: {type(sim).__name__} predicts the feature '{f.name}' from an explanation (0..10)")
     for col in ("token", "true", f"sim: {f.explanation[:28]}", f"sim: {wrong}"):
         table.add_column(col)
     flat = [(t, v, a, b) for ts, vs, ps, qs in zip(tokens, truth, pred_true, pred_wrong) for t, v, a, b in zip(ts, vs, ps, qs)]
     for t, v, a, b in sorted(flat, key=lambda x: -x[2])[:6]:
         table.add_row(repr(t), f"{v:.0f}", f"{a:.2f}", f"{b:.2f}")
     con.print(table)
-    con.print(f"Pearson r with the true activations: true explanation {r_true:+.3f}, wrong explanation {r_wrong:+.3f} "
+    fmt = lambda r: "undefined" if r is None else f"{r:+.3f}"  # noqa: E731
+    con.print(f"Pearson r with the true activations: true explanation {fmt(r_true)}, wrong explanation {fmt(r_wrong)} "
               f"({sum(map(len, tokens))} tokens, {time.perf_counter() - t0:.1f}s)")
-    return {"feature": f.name, "r_true": r_true, "r_wrong": r_wrong, "tokens": sum(map(len, tokens)),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {"feature": f.name, "simulator": type(sim).__name__, "r_true": r_true, "r_wrong": r_wrong,
+            "tokens": sum(map(len, tokens)), "seconds": round(time.perf_counter() - t0, 2)}

@@ -548,7 +548,7 @@ def test_old_results_database_is_migrated(tmp_path):
     con.close()
     db = ResultsDB(tmp_path / "old.sqlite")
     assert db.runs()[0]["status"] == "done" and "pid" in db.runs()[0]
-    with db.run("sae.train", {}) as run:
+    with db.run("sae.train", {}):
         pass
     assert db.runs()[-1]["pid"] == os.getpid()
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)

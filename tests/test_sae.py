@@ -204,16 +204,16 @@ def test_feature_cards_pages_and_neuronpedia(tiny, tmp_path):
     i = busy[1]
     vals = lat[:, i]
     c = cards[1]
-    assert c["index"] == i and c["site"] == "resid.1" and c["id"].endswith(f":{i}")
-    assert c["max_act"] == pytest.approx(vals.max().item(), rel=1e-5)
-    assert c["frac_nonzero"] == pytest.approx((vals > 0).float().mean().item())
-    top = c["top"][0]
+    assert c.index == i and c.site == "resid.1" and c.id.endswith(f":{i}")
+    assert c.max_act == pytest.approx(vals.max().item(), rel=1e-5)
+    assert c.frac_nonzero == pytest.approx((vals > 0).float().mean().item())
+    top = c.top[0]
     assert top["value"] == pytest.approx(vals.max().item(), abs=1e-3)
     assert top["values"][top["target"]] == top["value"] and len(top["tokens"]) == len(top["values"])
     assert tiny.tokenizer.decode([acts.token_ids[vals.argmax()].item()]) == top["tokens"][top["target"]]
-    for q in c["quantiles"]:
+    for q in c.quantiles:
         assert all(q["lo"] < ex["value"] <= q["hi"] + 1e-4 for ex in q["examples"])
-    assert sum(c["hist"]["counts"]) == int((vals > 0).sum())
+    assert sum(c.hist["counts"]) == int((vals > 0).sum())
     # logit lens: the unembedding row of a token (divided by the final norm's scale) promotes that token
     W_U = tiny.model.get_output_embeddings().weight
     t = tiny.tokenizer.convert_tokens_to_ids("q")
@@ -221,10 +221,10 @@ def test_feature_cards_pages_and_neuronpedia(tiny, tmp_path):
     assert pos[0][0] == "q" and pos[0][1] > neg[0][1]
     # neurons are Features too
     ncards = feature_cards([Feature.neuron("neurons.1", 3)], acts, tiny, n_top=3)
-    assert ncards[0]["id"] == "neurons.1:3" and ncards[0]["index"] == 3
+    assert ncards[0].id == "neurons.1:3" and ncards[0].index == 3
     index = write_pages(cards + ncards, tmp_path / "pages", title="tiny")
     page = (tmp_path / "pages" / f"feature_{i}.html").read_text()
-    assert index.exists() and c["id"] in page and "<svg" in page and f"feature_{i}.html" in index.read_text()
+    assert index.exists() and c.id in page and "<svg" in page and f"feature_{i}.html" in index.read_text()
     paths = neuronpedia_export(cards, str(tmp_path / "np"), model_id="tiny", layer=1, sae_set="test", batch_size=2)
     assert len(paths) == 2
     batch = json.loads(open(paths[0]).read())

@@ -128,8 +128,8 @@ def create_app(db_path: str | os.PathLike, stores: Sequence[str | os.PathLike] =
         src = state.source(key)
         db = state.db()
         try:
-            expl = db.explanations(card["id"])
-            tasks = (f"feature:{card['id']}", f"feature:{card['id']}/text-only")
+            expl = db.explanations(card.id)
+            tasks = (f"feature:{card.id}", f"feature:{card.id}/text-only")
             answers = [dict(a) | {"probs": json.loads(a["probs"] or "null")} for a in db.conn.execute(
                 "SELECT * FROM oracle_answers WHERE task IN (?, ?) ORDER BY id", tasks)]
         finally:
@@ -138,10 +138,10 @@ def create_app(db_path: str | os.PathLike, stores: Sequence[str | os.PathLike] =
             e["control"] = (e["explainer"] or "").startswith("control:")
             e["by_metric"] = {f"{s['metric']}/{s['split']}": s["value"] for s in e["scores"]}
         corr = [dict(index=j, id=src.feature_id(j), value=v, n=n) for j, v, n in src.correlated(i)]
-        top_context = "".join(card["top"][0]["tokens"]) if card["top"] else ""
+        top_context = "".join(card.top[0]["tokens"]) if card.top else ""
         return page(request, "feature.html", card=card, src=src, explanations=expl, answers=answers, correlated=corr,
                     corr_kind="Jaccard" if isinstance(src, SaeSource) else "Pearson r", top_context=top_context,
-                    title=card["id"])
+                    title=card.id)
 
     @app.get("/search", response_class=HTMLResponse)
     def search(request: Request, q: str = "", mode: str = "text"):

@@ -7,10 +7,10 @@ only the rows around the chosen windows are looked at.
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 
+from ..features import FeatureCard, make_card
 from .sources import Source, Values
 
 
@@ -24,7 +24,7 @@ def _window(src: Source, vals: Values, row: int, decode, left: int, right: int, 
 
 
 def build_card(src: Source, i: int, decode, logit_lens=None, n_top: int = 12, n_quantiles: int = 4,
-               per_quantile: int = 3, window: tuple[int, int] = (12, 4), seed: int = 0) -> dict:
+               per_quantile: int = 3, window: tuple[int, int] = (12, 4), seed: int = 0) -> FeatureCard:
     """Card for feature i of a source; `decode(token_id) -> str`; `logit_lens(direction) -> LogitLens` or None."""
     vals = src.values(i)
     rows, v = vals.rows, vals.values
@@ -39,30 +39,11 @@ def build_card(src: Source, i: int, decode, logit_lens=None, n_top: int = 12, n_
             return float(sv[j]) if j < len(srows) and srows[j] == r else 0.0
 
     left, right = window
-    pos = v > 0
-    card = dict(id=src.feature_id(i), index=i, site=src.site, source=src.key, rows=vals.n_rows,
-                frac_nonzero=float(pos.sum()) / max(1, vals.n_rows), max_act=float(v.max()) if len(v) else 0.0,
-                min_act=float(v.min()) if len(v) else 0.0, top=[], quantiles=[], hist=None, pos_logits=[],
-                neg_logits=[])
-    if pos.any():
-        k = min(n_top, int(pos.sum()))
-        top = np.argpartition(-v, k - 1)[:k]
-        top = top[np.argsort(-v[top])]
-        card["top"] = [_window(src, vals, int(rows[j]), decode, left, right, lookup) for j in top]
-        rng = random.Random(seed)
-        edges = np.linspace(0, card["max_act"], n_quantiles + 1).tolist()
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            inside = np.nonzero(pos & (v > lo) & (v <= hi))[0].tolist()
-            pick = rng.sample(inside, min(per_quantile, len(inside)))
-            card["quantiles"].append(dict(lo=lo, hi=hi, count=len(inside), examples=[
-                _window(src, vals, int(rows[j]), decode, left, right, lookup) for j in pick]))
-        counts, bin_edges = np.histogram(v[v != 0], bins=30)
-        card["hist"] = dict(counts=counts.tolist(), edges=bin_edges.tolist())
     direction = src.direction(i)
-    if logit_lens is not None and direction is not None:
-        lens = logit_lens(direction)
-        card["pos_logits"], card["neg_logits"] = lens.promoted, lens.suppressed
-    return card
+    lens = logit_lens(direction) if logit_lens is not None and direction is not None else None
+    return make_card(src.feature_id(i), v, lambda r: _window(src, vals, r, decode, left, right, lookup),
+                     n_rows=vals.n_rows, rows=rows, index=i, site=src.site, lens=lens, n_top=n_top,
+                     n_quantiles=n_quantiles, per_quantile=per_quantile, seed=seed, source=src.key)
 
 
 def shade(tokens: list[str], values: list[float], vmax: float) -> list[dict]:

@@ -30,11 +30,11 @@ def demo_section(s: Subject, con: Console, site: str = "resid.6") -> dict:
     freq = (sae.encode(acts[site]) > 0).float().mean(0)
     latent = int((freq - 0.02).abs().argmin())  # a latent active on ~2% of tokens
     card = sae_cards(sae, acts, [latent], s, n_top=5)[0]
-    tops = [ex["tokens"][ex["target"]] for ex in card["top"]]
+    tops = [ex["tokens"][ex["target"]] for ex in card.top]
     con.print(f"[bold]sae[/] TopK k=16 width=1024 on {site} ({len(acts)} tokens, 100 steps, "
               f"{time.perf_counter() - t0:.0f}s): FVU {m.fvu:.3f}, L0 {m.l0:.0f}, dead {m.dead_frac:.2f}; "
               f"CE clean {lm.ce_clean:.2f} / SAE {lm.ce_sae:.2f} / zero {lm.ce_zero:.2f} -> "
               f"recovered {lm.ce_recovered if lm.ce_recovered is None else round(lm.ce_recovered, 2)}")
-    con.print(f"      latent {latent}: top tokens {tops}; promotes {[t for t, _ in card['pos_logits'][:5]]}")
+    con.print(f"      latent {latent}: top tokens {tops}; promotes {[t for t, _ in card.pos_logits[:5]]}")
     return dict(site=site, tokens=len(acts), fvu=m.fvu, l0=m.l0, ce_recovered=lm.ce_recovered,
                 latent=latent, top_tokens=tops, seconds=round(time.perf_counter() - t0, 1))

@@ -16,13 +16,12 @@ A card (plain dict, JSON-ready) holds, for one feature over the given rows (toke
 
 from __future__ import annotations
 
-import random
 from typing import Sequence
 
 import torch
 
 from ..capture import Activations
-from ..features import Feature
+from ..features import Feature, FeatureCard, make_card
 from ..models import Subject, logit_lens
 from .model import Sae
 
@@ -45,28 +44,12 @@ def _context(acts: Activations, values: torch.Tensor, row: int, tokenizer, left:
 
 def _card(fid: str, values: torch.Tensor, acts: Activations, tokenizer, subject: Subject | None,
           direction: torch.Tensor | None, n_top: int, n_quantiles: int, per_quantile: int, window: tuple[int, int],
-          seed: int) -> dict:
+          seed: int, index: int | None, site: str) -> FeatureCard:
     left, right = window
-    nz = values > 0
-    card = dict(id=fid, rows=len(values), frac_nonzero=nz.float().mean().item(),
-                max_act=values.max().item() if len(values) else 0.0, top=[], quantiles=[], hist=None,
-                pos_logits=[], neg_logits=[])
-    if nz.any():
-        top_rows = values.topk(min(n_top, int(nz.sum()))).indices.tolist()
-        card["top"] = [_context(acts, values, r, tokenizer, left, right) for r in top_rows]
-        rng = random.Random(seed)
-        edges = torch.linspace(0, card["max_act"], n_quantiles + 1).tolist()
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            inside = (nz & (values > lo) & (values <= hi)).nonzero()[:, 0].tolist()
-            pick = rng.sample(inside, min(per_quantile, len(inside)))
-            card["quantiles"].append(dict(lo=lo, hi=hi, count=len(inside),
-                                          examples=[_context(acts, values, r, tokenizer, left, right) for r in pick]))
-        counts, bin_edges = torch.histogram(values[nz].float().cpu(), bins=30)
-        card["hist"] = dict(counts=counts.tolist(), edges=bin_edges.tolist())
-    if subject is not None and direction is not None:
-        pos, neg = logit_lens(subject, direction)
-        card["pos_logits"], card["neg_logits"] = pos, neg
-    return card
+    vals = values.float().cpu()
+    lens = logit_lens(subject, direction) if subject is not None and direction is not None else None
+    return make_card(fid, vals.numpy(), lambda r: _context(acts, vals, r, tokenizer, left, right), index=index,
+                     site=site, lens=lens, n_top=n_top, n_quantiles=n_quantiles, per_quantile=per_quantile, seed=seed)
 
 
 @torch.no_grad()
@@ -74,7 +57,7 @@ def sae_cards(
     sae: Sae, acts: Activations, latents: Sequence[int], subject: Subject, site: str | None = None,
     n_top: int = 10, n_quantiles: int = 4, per_quantile: int = 3, window: tuple[int, int] = (16, 4),
     batch_size: int = 4096, seed: int = 0,
-) -> list[dict]:
+) -> list[FeatureCard]:
     """Cards for SAE latents over the rows of `acts` (one encode pass for all of them)."""
     site = site or sae.cfg.site
     x = acts[site]  # [n, d]
@@ -84,25 +67,25 @@ def sae_cards(
         raise IndexError(f"latents {bad} are out of range for an SAE of width {sae.cfg.width}")
     vals = torch.cat([sae.encode(x[i : i + batch_size].float())[:, latents] for i in range(0, len(x), batch_size)])
     return [_card(sae_feature(sae, i, site).id, vals[:, j], acts, subject.tokenizer, subject, sae.W_dec[i].detach(), n_top,
-                  n_quantiles, per_quantile, window, seed) | dict(index=i, site=site) for j, i in enumerate(latents)]
+                  n_quantiles, per_quantile, window, seed, i, site) for j, i in enumerate(latents)]
 
 
 @torch.no_grad()
 def feature_cards(
     features: Sequence[Feature], acts: Activations, subject: Subject, n_top: int = 10, n_quantiles: int = 4,
     per_quantile: int = 3, window: tuple[int, int] = (16, 4), seed: int = 0,
-) -> list[dict]:
+) -> list[FeatureCard]:
     """Cards for any Features (neurons, directions, SAE latents) whose sites are in `acts`."""
     out = []
     for f in features:
         vals = f(acts[f.site]).float()  # [n]
         index = int(f.id.rsplit(":", 1)[-1]) if f.id.rsplit(":", 1)[-1].isdigit() else None
         out.append(_card(f.id, vals, acts, subject.tokenizer, subject, f.direction, n_top, n_quantiles, per_quantile,
-                         window, seed) | dict(index=index, site=f.site))
+                         window, seed, index, f.site))
     return out
 
 
-def neuronpedia_export(cards: Sequence[dict], out: str, model_id: str, layer: int, sae_set: str,
+def neuronpedia_export(cards: Sequence[FeatureCard], out: str, model_id: str, layer: int, sae_set: str,
                        batch_size: int = 128, dataset: str = "") -> list[str]:
     """Write Neuronpedia's dashboard batch files (batch-0.json, ...: {model_id, layer, sae_set, features})
     in the layout SAEDashboard's NeuronpediaRunner produces; fields we do not compute are empty lists."""
@@ -112,24 +95,24 @@ def neuronpedia_export(cards: Sequence[dict], out: str, model_id: str, layer: in
 
     def acts_of(card):
         rows = []
-        for q in card["quantiles"]:
+        for q in card.quantiles:
             rows += [(q["lo"], q["hi"], ex) for ex in q["examples"]]
-        rows += [(0.0, card["max_act"], ex) for ex in card["top"]]
+        rows += [(0.0, card.max_act, ex) for ex in card.top]
         return [dict(bin_min=lo, bin_max=hi, bin_contains=1.0, tokens=ex["tokens"], values=ex["values"],
                      qualifying_token_index=ex["target"]) for lo, hi, ex in rows]
 
     feats = []
     for c in cards:
-        h = c["hist"] or dict(counts=[], edges=[])
+        h = c.hist or dict(counts=[], edges=[])
         centers = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
         feats.append(dict(
-            feature_index=c["index"], neuron_alignment_indices=[], neuron_alignment_values=[], neuron_alignment_l1=[],
+            feature_index=c.index, neuron_alignment_indices=[], neuron_alignment_values=[], neuron_alignment_l1=[],
             correlated_neurons_indices=[], correlated_neurons_l1=[], correlated_neurons_pearson=[],
             correlated_features_indices=[], correlated_features_l1=[], correlated_features_pearson=[],
-            neg_str=[t for t, _ in c["neg_logits"]], neg_values=[v for _, v in c["neg_logits"]],
-            pos_str=[t for t, _ in c["pos_logits"]], pos_values=[v for _, v in c["pos_logits"]],
-            frac_nonzero=c["frac_nonzero"], freq_hist_data_bar_values=centers, freq_hist_data_bar_heights=h["counts"],
-            logits_hist_data_bar_heights=[], logits_hist_data_bar_values=[], n_prompts_total=c["rows"],
+            neg_str=[t for t, _ in c.neg_logits], neg_values=[v for _, v in c.neg_logits],
+            pos_str=[t for t, _ in c.pos_logits], pos_values=[v for _, v in c.pos_logits],
+            frac_nonzero=c.frac_nonzero, freq_hist_data_bar_values=centers, freq_hist_data_bar_heights=h["counts"],
+            logits_hist_data_bar_heights=[], logits_hist_data_bar_values=[], n_prompts_total=c.rows,
             n_tokens_in_prompt=0, dataset=dataset, decoder_weights_dist=[], activations=acts_of(c)))
     paths = []
     for b, i in enumerate(range(0, len(feats), batch_size)):

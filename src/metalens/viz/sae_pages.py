@@ -60,25 +60,25 @@ def _logits(rows: list, cls: str) -> str:
 
 
 def feature_page(card: dict, title: str = "") -> str:
-    vmax = card["max_act"]
-    parts = [f"<h1>{html.escape(card['id'])}</h1>",
-             f"<p>{html.escape(title)}<br>active on {card['frac_nonzero']:.3%} of {card['rows']} tokens; "
+    vmax = card.max_act
+    parts = [f"<h1>{html.escape(card.id)}</h1>",
+             f"<p>{html.escape(title)}<br>active on {card.frac_nonzero:.3%} of {card.rows} tokens; "
              f"max activation {vmax:.3f}. <a href='index.html'>all features</a></p>",
-             '<div class="row"><div><h2>Activation histogram (non-zero)</h2>', _hist_svg(card["hist"]), "</div>"]
-    if card["pos_logits"]:
-        parts += ["<div><h2>Promotes</h2>", _logits(card["pos_logits"], "pos"), "</div>",
-                  "<div><h2>Suppresses</h2>", _logits(card["neg_logits"], "neg"), "</div>"]
+             '<div class="row"><div><h2>Activation histogram (non-zero)</h2>', _hist_svg(card.hist), "</div>"]
+    if card.pos_logits:
+        parts += ["<div><h2>Promotes</h2>", _logits(card.pos_logits, "pos"), "</div>",
+                  "<div><h2>Suppresses</h2>", _logits(card.neg_logits, "neg"), "</div>"]
     parts.append("</div><h2>Top activations</h2>")
-    parts += [_context(ex, vmax) for ex in card["top"]] or ["<p>(none)</p>"]
-    for q in reversed(card["quantiles"]):
+    parts += [_context(ex, vmax) for ex in card.top] or ["<p>(none)</p>"]
+    for q in reversed(card.quantiles):
         parts.append(f"<h2>Interval {q['lo']:.2f} – {q['hi']:.2f} ({q['count']} tokens)</h2>")
         parts += [_context(ex, vmax) for ex in q["examples"]] or ["<p>(none)</p>"]
-    return f"<!doctype html><meta charset='utf-8'><title>{html.escape(card['id'])}</title><style>{CSS}</style>" + "".join(parts)
+    return f"<!doctype html><meta charset='utf-8'><title>{html.escape(card.id)}</title><style>{CSS}</style>" + "".join(parts)
 
 
 def _file(card: dict) -> str:
-    idx = card.get("index")
-    return f"feature_{idx}.html" if idx is not None else "feature_" + re.sub(r"[^A-Za-z0-9]+", "_", card["id"]) + ".html"
+    idx = card.index
+    return f"feature_{idx}.html" if idx is not None else "feature_" + re.sub(r"[^A-Za-z0-9]+", "_", card.id) + ".html"
 
 
 def write_pages(cards: Sequence[dict], out: str | Path, title: str = "metalens features") -> Path:
@@ -87,9 +87,9 @@ def write_pages(cards: Sequence[dict], out: str | Path, title: str = "metalens f
     rows = []
     for c in cards:
         atomic_write_bytes(out / _file(c), feature_page(c, title).encode())
-        top_tokens = ", ".join(repr(ex["tokens"][ex["target"]]) for ex in c["top"][:5])
-        rows.append(f"<tr><td><a href='{_file(c)}'>{html.escape(c['id'])}</a></td><td>{c['frac_nonzero']:.3%}</td>"
-                    f"<td>{c['max_act']:.2f}</td><td>{html.escape(top_tokens)}</td></tr>")
+        top_tokens = ", ".join(repr(ex["tokens"][ex["target"]]) for ex in c.top[:5])
+        rows.append(f"<tr><td><a href='{_file(c)}'>{html.escape(c.id)}</a></td><td>{c.frac_nonzero:.3%}</td>"
+                    f"<td>{c.max_act:.2f}</td><td>{html.escape(top_tokens)}</td></tr>")
     index = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
              f"<h1>{html.escape(title)}</h1><table><tr><th>feature</th><th>density</th><th>max</th>"
              f"<th>top tokens</th></tr>{''.join(rows)}</table>")

@@ -362,3 +362,19 @@ def test_real_model_one_pass_equals_per_token_and_scale(real):
     one = simulate(llm, "names of months", toks)
     per = simulate_per_token(llm, "names of months", toks)
     np.testing.assert_allclose(one[0], per[0], atol=1e-4)
+
+
+def test_search_records_become_core_explanations():
+    from metalens.autointerp.search import explanations
+    from metalens.features import Explanation
+
+    results = {
+        "f:1": {"text": "months", "run_id": 7, "test": {"simulation": {"all": 0.5, "random": None},
+                                                          "detection": {"auroc": 0.75}},
+                "control": {"test": {"simulation": {"all": 0.1}}}},
+        "f:2": {"feature": "f:2", "skipped": "no activating windows in the train split"},
+    }
+    (e,) = explanations(results)
+    assert isinstance(e, Explanation) and (e.feature, e.text, e.run_id) == ("f:1", "months", 7)
+    # defined scores only: the undefined random-window r is left out, not reported as 0
+    assert e.scores == {"simulation": 0.5, "detection_auroc": 0.75, "control_simulation": 0.1}

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..features import Explanation
 from ..io import atomic_write_json
 from ..metrics import mean_defined
 from ..results import ResultsDB
@@ -221,29 +222,44 @@ def run_search(
     return {f: done[f] for f in ids if f in done}
 
 
+SCORE_PATHS = {
+    "simulation": ("test", "simulation", "all"),
+    "simulation_random": ("test", "simulation", "random"),
+    "detection_auroc": ("test", "detection", "auroc"),
+    "fuzzing_auroc": ("test", "fuzzing", "auroc"),
+    "control_simulation": ("control", "test", "simulation", "all"),
+    "control_detection_auroc": ("control", "test", "detection", "auroc"),
+    "control_fuzzing_auroc": ("control", "test", "fuzzing", "auroc"),
+}
+"""where each test-split score sits in a search record"""
+
+
+def _get(r: dict, *path):
+    for k in path:
+        r = r.get(k) if isinstance(r, dict) else None
+    return r
+
+
+def explanations(results: dict[str, dict]) -> list[Explanation]:
+    """The selected explanation of every explained feature as the core `Explanation` (its test-split scores
+    and their shuffled-explanation controls; an undefined score is left out of `scores`)."""
+    out = []
+    for fid, r in results.items():
+        if "text" not in r:
+            continue
+        scores = {name: v for name, path in SCORE_PATHS.items() if (v := _get(r, *path)) is not None}
+        out.append(Explanation(fid, r["text"], scores, r.get("run_id")))
+    return out
+
+
 def summary(results: dict[str, dict]) -> dict:
     """Mean test scores of the selected explanations and of the controls, over the features where the
     score is defined (undefined ones are left out and counted under "undefined")."""
-
-    def get(r: dict, *path):
-        for k in path:
-            r = r.get(k) if isinstance(r, dict) else None
-        return r
-
-    paths = {
-        "simulation": ("test", "simulation", "all"),
-        "simulation_random": ("test", "simulation", "random"),
-        "detection_auroc": ("test", "detection", "auroc"),
-        "fuzzing_auroc": ("test", "fuzzing", "auroc"),
-        "control_simulation": ("control", "test", "simulation", "all"),
-        "control_detection_auroc": ("control", "test", "detection", "auroc"),
-        "control_fuzzing_auroc": ("control", "test", "fuzzing", "auroc"),
-    }
     explained = [r for r in results.values() if "text" in r]
     out: dict = {"features": len(results), "explained": len(explained)}
     undefined = {}
-    for name, path in paths.items():
-        vals = [get(r, *path) for r in explained]
+    for name, path in SCORE_PATHS.items():
+        vals = [_get(r, *path) for r in explained]
         out[name] = mean_defined(vals)
         undefined[name] = sum(v is None for v in vals)
     out["undefined"] = undefined

@@ -58,7 +58,7 @@ def explain(
     from ..autointerp.examples import ExampleConfig, feature_sequences, make_examples, make_windows
     from ..autointerp.explainer import explainer_from
     from ..autointerp.llm import EndpointConfig, EndpointLLM, LocalLLM
-    from ..autointerp.search import SearchConfig, run_search, summary
+    from ..autointerp.search import SearchConfig, explanations, run_search, summary
     from ..autointerp.simulator import simulator_from
     from ..results import ResultsDB
     from ..store import ActivationStore
@@ -103,9 +103,11 @@ def explain(
     out = out or Path(store) / f"explain-k{k}"
     results = run_search(ex, sim, [(f.id, sets_of(f)) for f in feats], cfg, out, ResultsDB(), progress=not as_json,
                          meta={"store": str(store)}, judge=llm)
-    rows = [dict(feature=f, explanation=r.get("text"), skipped=r.get("skipped"),
-                 simulation=r.get("test", {}).get("simulation", {}).get("all"),
-                 control=r.get("control", {}).get("test", {}).get("simulation", {}).get("all")) for f, r in results.items()]
+    found = {e.feature: e for e in explanations(results)}  # the core Explanation of each explained feature
+    rows = [dict(feature=f, explanation=found[f].text, skipped=None, simulation=found[f].scores.get("simulation"),
+                 control=found[f].scores.get("control_simulation"), scores=found[f].scores, run_id=found[f].run_id)
+            if f in found else dict(feature=f, explanation=None, skipped=r.get("skipped"), simulation=None, control=None)
+            for f, r in results.items()]
 
     def human():
         t = Table(title=f"explanations (best of {k}), test-split simulation r vs control")

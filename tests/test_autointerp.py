@@ -91,7 +91,7 @@ def test_metrics_match_sklearn():
         pearson(a, b[:3])
 
 
-def test_scores_run_and_are_bounded(tiny):
+def test_scores_equal_a_recomputation(tiny):
     llm = LocalLLM(tiny)
     w = lambda toks, vals, t: Window(toks, np.array(vals, float), t, 0)  # noqa: E731
     top = [w(["Jan", "uary", " 5"], [3, 4, 0], 0), w(["in", " May"], [0, 5], 1)]
@@ -108,7 +108,16 @@ def test_scores_run_and_are_bounded(tiny):
     p_yes = [float(q[0, 0] / q[0].sum()) for q in llm.position_probs([(t, [len(t)]) for t in prompts], choices)]
     assert det["auroc"] == pytest.approx(auroc_of(p_yes, [1, 1, 0]), abs=1e-6) and det["n"] == 3
     fz = fuzzing_score(llm, "months", top, yes_no=("Y", "N"))
-    assert 0 <= fz["auroc"] <= 1 and fz["n"] == 4
+    # right vs wrong highlights of each window (the same seeded marks), scored by the model's own P(yes)
+    from metalens.autointerp.score import fuzz_marks, fuzzing_prompt
+
+    rng = np.random.default_rng(0)
+    fprompts = []
+    for win in top:
+        right, wrong = fuzz_marks(win, 0.0, rng)
+        fprompts += [fuzzing_prompt("months", win.tokens, right) + suffix, fuzzing_prompt("months", win.tokens, wrong) + suffix]
+    fp = [float(q[0, 0] / q[0].sum()) for q in llm.position_probs([(t, [len(t)]) for t in fprompts], choices)]
+    assert fz["auroc"] == pytest.approx(auroc_of(fp, [1, 0, 1, 0]), abs=1e-6) and fz["n"] == 4
 
 
 def test_fuzz_marks():

@@ -295,3 +295,24 @@ def test_cli_info_capture_generate(tiny_dir, tmp_path):
     assert bad.exit_code != 0 and "resid.0..resid.3" in bad.output
     out = r.invoke(app, ["generate", "hi", "--model", str(tiny_dir), "--max-new-tokens", "3", "--json"])
     assert out.exit_code == 0 and json.loads(out.stdout)["prompt"] == "hi"
+
+
+def test_corpora_from_local_hugging_face_datasets(tmp_path):
+    """--texts accepts a saved dataset directory, parquet, JSON lines with another column; streamed, in order."""
+    import datasets
+
+    from metalens.errors import DataError
+    from metalens.io import iter_texts, read_texts
+
+    rows = {"body": [f"text number {i}" for i in range(50)], "n": list(range(50))}
+    ds = datasets.Dataset.from_dict(rows)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    (tmp_path / "t.jsonl").write_text("".join(f'{{"body": "{t}"}}\n' for t in rows["body"]))
+    for src in ("saved", "t.parquet", "t.jsonl"):
+        assert read_texts(tmp_path / src, column="body") == rows["body"], src
+    assert list(iter_texts(tmp_path / "t.parquet", column="body", limit=3)) == rows["body"][:3]
+    with pytest.raises(DataError, match="no column 'text'.*body"):
+        read_texts(tmp_path / "saved")
+    with pytest.raises(DataError, match="column 'n' is int"):
+        read_texts(tmp_path / "t.parquet", column="n")

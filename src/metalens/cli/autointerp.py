@@ -16,6 +16,9 @@ from rich.table import Table
 
 from .common import DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, load_model
 
+from ..autointerp.examples import ExampleConfig
+from ..autointerp.search import SearchConfig  # the defaults of `explain` are the configs'
+
 app = typer.Typer()
 
 
@@ -41,7 +44,7 @@ def explain(
     windows: Optional[Path] = typer.Option(None, "--windows", help='instead of a store: .jsonl of {"id", "windows": [{"tokens", "values"}]}'),
     simulator: str = typer.Option("default", "--simulator", help="default | prompt | URL | adapter dir"),
     explainer: str = typer.Option("default", "--explainer", help="default | prompt | URL | adapter dir"),
-    k: int = typer.Option(8, "--k", help="explanations sampled per feature (best-of-k on the validation split)"),
+    k: int = typer.Option(SearchConfig.k, "--k", help="explanations sampled per feature (best-of-k on the validation split)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it holds this search); default <store>/explain-k<k>"),
     model: Optional[str] = ModelOpt,
     device: str = DeviceOpt,
@@ -49,7 +52,7 @@ def explain(
     endpoint_model: str = typer.Option("default", "--endpoint-model", help="model name sent to the endpoint"),
     timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for one endpoint response"),
     retries: int = typer.Option(4, "--retries", help="retries of a failed endpoint request"),
-    window: int = typer.Option(32, help="tokens per example window"),
+    window: int = typer.Option(ExampleConfig.window, help="tokens per example window"),
     seed: int = typer.Option(0, help="sampling seed"),
     no_control: bool = typer.Option(False, "--no-control", help="skip the shuffled-explanation control"),
     as_json: bool = JsonOpt,

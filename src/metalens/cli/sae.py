@@ -10,6 +10,10 @@ import typer
 from ..errors import DataError
 from .common import ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, load_model, parse_indices, read_texts
 
+from ..sae.train import SaeTrainConfig
+
+_T = SaeTrainConfig(out="")  # the defaults of `sae train` are the config's
+
 sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders: train, evaluate, feature pages.")
 
 
@@ -45,15 +49,15 @@ def train_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="ActivationStore directory (from `metalens capture`)"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="no store: capture these texts first (.txt/.jsonl/dataset)"),
     column: str = ColumnOpt,
-    site: str = typer.Option("resid.15", help="site to read"),
-    k: str = typer.Option("32", "--k", help="latents kept per token; a comma list (16,32,64) trains a sweep"),
-    width: int = typer.Option(4608, help="number of latents"),
-    kind: str = typer.Option("topk", help="topk | batchtopk"),
-    batch_size: int = typer.Option(4096, help="rows per step"),
-    steps: int = typer.Option(1000, help="optimizer steps"),
-    lr: float = typer.Option(0.0, help="Adam lr; 0 = 2e-4 / sqrt(width / 2^14)"),
+    site: str = typer.Option(_T.site, help="site to read"),
+    k: str = typer.Option(str(_T.k), "--k", help="latents kept per token; a comma list (16,32,64) trains a sweep"),
+    width: int = typer.Option(_T.width, help="number of latents"),
+    kind: str = typer.Option(_T.kind, help="topk | batchtopk"),
+    batch_size: int = typer.Option(_T.batch_size, help="rows per step"),
+    steps: int = typer.Option(_T.steps, help="optimizer steps"),
+    lr: float = typer.Option(_T.lr, help="Adam lr; 0 = 2e-4 / sqrt(width / 2^14)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output dir (default saes/<site>-<kind>-w<width>)"),
-    seed: int = typer.Option(0, help="init and data-order seed"),
+    seed: int = typer.Option(_T.seed, help="init and data-order seed"),
     eval_rows: int = typer.Option(20000, help="rows of the store for the final metrics / frontier"),
     model: Optional[str] = ModelOpt,
     device: str = DeviceOpt,

@@ -11,6 +11,10 @@ from ..errors import DataError
 from .common import (ColumnOpt, DeviceOpt, JsonOpt, ModelOpt, Output, at_least, command, console, finite, load_model,
                      read_texts)
 
+from ..diff import CrosscoderConfig
+
+_C = CrosscoderConfig()  # the defaults of `diff` are the config's
+
 app = typer.Typer()
 
 
@@ -103,10 +107,10 @@ def diff_cmd(
     demo: bool = typer.Option(False, "--demo", help="or: fine-tune an 'ocean' LoRA (once, into OUT) and diff against it"),
     texts: Optional[Path] = typer.Option(None, "--texts", help="texts both models read (default: chat turns)"),
     column: str = ColumnOpt,
-    site: str = typer.Option("resid.15", help="site read in both models"),
-    width: int = typer.Option(2048, help="crosscoder latents"),
-    k: int = typer.Option(32, "--k", help="latents per token (BatchTopK)"),
-    steps: int = typer.Option(1500, help="crosscoder training steps"),
+    site: str = typer.Option(_C.site, help="site read in both models"),
+    width: int = typer.Option(_C.width, help="crosscoder latents"),
+    k: int = typer.Option(_C.k, "--k", help="latents per token (BatchTopK)"),
+    steps: int = typer.Option(_C.steps, help="crosscoder training steps"),
     top: int = typer.Option(8, help="latents to show per side"),
     out: Path = typer.Option(Path("diff"), "--out", help="directory for the crosscoder, report and LoRA"),
     model: Optional[str] = ModelOpt,

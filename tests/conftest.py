@@ -22,3 +22,12 @@ def real():
     from metalens import load_subject
 
     return load_subject(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model saved as a local Hugging Face model directory."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
+    return d

@@ -256,12 +256,6 @@ def test_results_db(tmp_path):
 
 
 # ---- models + CLI on a saved tiny model -----------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_dir(tiny, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
 
 
 def test_load_local_dir_and_errors(tiny, tiny_dir, tmp_path):

@@ -33,12 +33,6 @@ from metalens.store import MANIFEST, ActivationStore, StoreError, capture_to_sto
 TEXTS = ["The cat sat on the mat.", "Dogs bark at night.", "Paris is in France.", "One two three four five."]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tiny, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(d)
-    tiny.tokenizer.save_pretrained(d)
-    return d
 
 
 def cli(*args):

@@ -119,6 +119,21 @@ def test_oracle_tool_equals_oracle_ask(tiny):
     assert box.call("ask_oracle", {"question": "What is here?", "n": 1}) == f"- at {ctx[-40:]!r}: {direct}"
 
 
+def test_oracle_reads_an_injected_direction_like_read_activations(tiny):
+    """ask_direction injects one vector where ask injects read activations: given the vector ask would read, the
+    answers are the same."""
+    from metalens.adapters import add_lora
+    from metalens.agent.baselines import ask_direction
+    from metalens.oracle import Example, Oracle
+
+    sub = subject_from(copy.deepcopy(tiny.model), tiny.tokenizer, "oracle-copy")
+    oracle = Oracle(sub, add_lora(sub.model, rank=2), {"layers": [1], "inject_layer": 1, "inject": "add", "scale": 1.0})
+    text = "the cat sat on the mat"
+    (vec,) = oracle.read([Example(text, "q", read="last")], [1])  # [1, d]
+    direct = oracle.ask(text, "What is here?", read="last", max_new_tokens=12).text
+    assert ask_direction(oracle, vec[0], "What is here?", max_new_tokens=12) == direct
+
+
 def test_sae_and_direction_and_rule_targets(tiny, tmp_path):
     from metalens.sae.io import save_sae
     from metalens.sae.model import Sae, SaeConfig

@@ -46,10 +46,10 @@ def ask_direction(oracle, direction: torch.Tensor, question: str = QUESTION, lay
     """The oracle's answer with one vector (a feature's write direction) injected in place of read activations."""
     s, settings = oracle.subject, oracle.settings
     layer = oracle.layers[0] if layer is None else layer
-    batch = encode(s.tokenizer, [prompt_ids(s.tokenizer, layer, 1, question, settings.get("system", ""))], None, s.device)
+    batch = encode(s.tokenizer, [prompt_ids(s.tokenizer, layer, 1, question, settings.system)], None, s.device)
     vec = direction.float().reshape(1, -1).to(s.device)  # [1, d]
-    with inject(s.model, vec, batch.slot_mask, settings.get("inject_layer", 1), settings.get("inject", "add"),
-                settings.get("scale", 1.0), oracle.projection), oracle.adapter(True):
+    with inject(s.model, vec, batch.slot_mask, settings.inject_layer, settings.inject, settings.scale,
+                oracle.projection), oracle.adapter(True):
         gen = s.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=s.tokenizer.pad_token_id)
     return s.tokenizer.decode(gen[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()

@@ -15,18 +15,21 @@ Stages, each checkpointed under --out (a rerun skips what is done):
   3. windows   latents that are alive and neither too dense nor too sparse on the pool, split by --seed
                into TRAIN and TEST halves; per latent --top top-activating windows of 32 tokens, --low
                windows where it fires weakly and --random random ones (mostly zero) -> out/windows.jsonl
-  4. explain   per (simulator, explainer) pair, keyed by adapter folder name + weights hash: best-of---k
+  4. explain   per (simulator, explainer) pair, keyed by adapter folder name + weights hash: the best-of-k
                explanation of each of the first --n-test TEST latents (and --n-train TRAIN latents) by
-               the trained explainer, selected by the trained simulator (formats.explain_one: it splits
-               the windows into explain / select / test parts itself)
+               the trained explainer (k = --k-explain), selected by the trained simulator
+               (formats.explain_one: it splits the windows into explain / select / test parts itself)
   5. validity  per TEST latent, the r of its own explanation on its test windows against the r of
                --controls other TEST latents' explanations on the same windows (autointerp.train.validity,
                one family per latent); AUROC over all (true, control) pairs; undefined r counted, left out
   6. baseline  the same validity with the prompted simulator (few-shot, same model) and with the trained
-               one on a subset (--prompt-latents latents, --prompt-windows windows, 3 controls)
+               one on a subset (--prompt-latents latents, --prompt-windows windows, 3 controls); and the
+               trained simulator's validity with no-LLM explanations listing the peak tokens of the
+               explain windows (words like "a", "b" or "c"): is the explainer or the simulator short?
 Writes out/train_latents.jsonl (the explained TRAIN latents as trainset feature lines, usable for
-self-training), out/train_latents_unexplained.jsonl (the rest of the TRAIN split, windows only) and
-benchmarks/results/autointerp_latents.json. Target: validity AUROC >= 0.85.
+self-training; `select_r` gives each candidate's r on the select windows), out/train_latents_unexplained.jsonl
+(the rest of the TRAIN split, windows only) and benchmarks/results/autointerp_latents.json.
+Target: validity AUROC >= 0.85.
 """
 
 from __future__ import annotations
@@ -124,15 +127,31 @@ def pick_windows(wmax: np.ndarray, n_top: int, n_low: int, n_random: int, rng: n
 
 def feature_line(latent: int, site: str, wins: list[dict], scale: float, found: dict | None) -> dict:
     """A trainset feature line (trainset.py) for a latent: its own family; `explanation` the one the
-    search chose and `explanations` it plus the other candidates (best first)."""
+    search chose, `explanations` it plus the other candidates (best first) and `select_r` their r on
+    the select windows (null: undefined), so a self-training run can keep only the good ones."""
     line = {"id": f"latent/{latent}", "rule": f"sae:{site}:{latent}", "family": f"latent{latent}", "scale": scale,
             "windows": wins}
     if found and found.get("explanation"):
-        cands = [c["text"] for c in sorted(found["candidates"], key=lambda c: -(c["select_r"] if c["select_r"]
-                                                                               is not None else -2))]
+        cands = sorted(found["candidates"], key=lambda c: -(c["select_r"] if c["select_r"] is not None else -2))
+        cands = [c for c in cands if c["text"] == found["explanation"]] + [c for c in cands
+                                                                           if c["text"] != found["explanation"]]
         line["explanation"] = found["explanation"]
-        line["explanations"] = [found["explanation"]] + [c for c in cands if c != found["explanation"]]
+        line["explanations"] = [c["text"] for c in cands]
+        line["select_r"] = [c["select_r"] for c in cands]
     return line
+
+
+def token_list_explanation(wins: list[dict], n: int = 3) -> str | None:
+    """A no-LLM explanation from the peak tokens of the given windows: 'words like "a", "b" or "c"'."""
+    seen: dict[str, str] = {}
+    for t in top_tokens(wins, n=len(wins)):
+        t = t.strip()
+        if t and t.lower() not in seen:
+            seen[t.lower()] = t
+    words = [f'"{t}"' for t in list(seen.values())[:n]]
+    if not words:
+        return None
+    return "words like " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1])
 
 
 def adapter_key(path: str | None, which: str) -> tuple[Path, str]:
@@ -217,7 +236,7 @@ def stage_windows(args, s, pool: dict, state: dict, save) -> dict[int, dict]:
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(eligible)
     test, train = sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2 :].tolist())
-    split = {int(l): "test" for l in test} | {int(l): "train" for l in train}
+    split = {int(lat): "test" for lat in test} | {int(lat): "train" for lat in train}
     print(f"[windows] {n_win} windows, {int((active_windows > 0).sum())}/{width} latents alive on the pool, "
           f"{len(eligible)} eligible (density {args.min_density}..{args.max_density}): {len(test)} test, "
           f"{len(train)} train", flush=True)
@@ -266,14 +285,18 @@ def explain_latents(ids: list[int], lines: dict, ex, sim, k: int, done: dict, sa
               f"): {row['explanation']!r} test r={row['score']} ({row['cpu_s']:.1f} CPU s)", flush=True)
 
 
-def test_features(lines: dict, found: dict, ids: list[int]) -> list[dict]:
-    """validity()'s feature dicts: the latent's own explanation and its TEST windows."""
+def test_features(lines: dict, found: dict, ids: list[int], token_list: bool = False) -> list[dict]:
+    """validity()'s feature dicts: the latent's own explanation (or its token-list explanation, made from
+    the explain windows) and its TEST windows."""
     out = []
     for lat in ids:
         row = found.get(str(lat))
         if row and row["explanation"]:
-            wins = [lines[lat]["windows"][i] for i in row["split"]["test"]]
-            out.append({"id": str(lat), "family": f"latent{lat}", "explanation": row["explanation"], "windows": wins})
+            wins = lines[lat]["windows"]
+            e = token_list_explanation([wins[i] for i in row["split"]["explain"]]) if token_list else row["explanation"]
+            if e:
+                out.append({"id": str(lat), "family": f"latent{lat}", "explanation": e,
+                            "windows": [wins[i] for i in row["split"]["test"]]})
     return out
 
 
@@ -321,8 +344,8 @@ def main() -> None:
     pool = stage_pool(args, s, texts, n_pool, state, save)
     lines = stage_windows(args, s, pool, state, save)
     order = list(lines)  # permuted order
-    test_ids = [l for l in order if lines[l]["split"] == "test"][: args.n_test]
-    train_ids = [l for l in order if lines[l]["split"] == "train"]
+    test_ids = [lat for lat in order if lines[lat]["split"] == "test"][: args.n_test]
+    train_ids = [lat for lat in order if lines[lat]["split"] == "train"]
 
     # ---- explanations, per adapter pair ---------------------------------------------------------------
     sim_dir, sim_key = adapter_key(args.simulator, "simulator")
@@ -361,14 +384,26 @@ def main() -> None:
               f"{run[key]['auroc']} (true r {run[key]['mean_true_r']}, control r {run[key]['mean_control_r']})",
               flush=True)
 
+    # ---- reference: explanations listing the peak tokens of the explain windows (no explainer) --------
+    tfeats = test_features(lines, found, test_ids, token_list=True)
+    if "validity_token_list" not in run or run["validity_token_list"]["n_features"] != len(tfeats):
+        c0 = time.process_time()
+        run["validity_token_list"] = {**validity(sim, tfeats, [(f["family"], f["explanation"]) for f in tfeats], None,
+                                                 args.controls, seed=args.seed),
+                                      "n_features": len(tfeats), "cpu_s": time.process_time() - c0}
+        save()
+    vt = run["validity_token_list"]
+    print(f"[token list] AUROC {vt['auroc']} (true r {vt['mean_true_r']}, control r {vt['mean_control_r']}; "
+          f"{vt['undefined']} undefined)", flush=True)
+
     # ---- self-training lines --------------------------------------------------------------------------
     site = args.site
-    explained = [l for l in train_ids if found.get(str(l), {}).get("explanation")]
+    explained = [lat for lat in train_ids if found.get(str(lat), {}).get("explanation")]
     write_jsonl(out / "train_latents.jsonl",
-                [feature_line(l, site, lines[l]["windows"], lines[l]["scale"], found[str(l)]) for l in explained])
+                [feature_line(lat, site, lines[lat]["windows"], lines[lat]["scale"], found[str(lat)]) for lat in explained])
     write_jsonl(out / "train_latents_unexplained.jsonl",
-                [feature_line(l, site, lines[l]["windows"], lines[l]["scale"], None) for l in train_ids
-                 if l not in set(explained)])
+                [feature_line(lat, site, lines[lat]["windows"], lines[lat]["scale"], None) for lat in train_ids
+                 if lat not in set(explained)])
     print(f"[train] {len(explained)} explained TRAIN latents -> {out / 'train_latents.jsonl'}", flush=True)
 
     # ---- result ---------------------------------------------------------------------------------------
@@ -379,7 +414,7 @@ def main() -> None:
             "explanation": row["explanation"], "test_r": pf["true"], "control_r": list(pf["controls"].values()),
             "top_tokens": top_tokens(lines[lat]["windows"]), "density": lines[lat]["density"],
             "candidates": [c["text"] for c in row["candidates"]], "test_windows": len(row["split"]["test"])}
-    explain_cpu = [found[str(l)]["cpu_s"] for l in test_ids + train_ids[: args.n_train] if str(l) in found]
+    explain_cpu = [found[str(lat)]["cpu_s"] for lat in test_ids + train_ids[: args.n_train] if str(lat) in found]
     result = dict(
         date=time.strftime("%Y-%m-%d"), model=s.name, site=args.site,
         sae={**{k: state["sae"]["config"][k] for k in ("k", "width", "kind", "batch_size", "steps")},
@@ -392,19 +427,24 @@ def main() -> None:
                  "density_range": [args.min_density, args.max_density],
                  "split": {"test": state["windows"]["test"], "train": state["windows"]["train"]},
                  "explained": {"test": len(test_ids), "train": len(explained)},
-                 "no_explanation": [l for l in test_ids if not found.get(str(l), {}).get("explanation")]},
+                 "no_explanation": [lat for lat in test_ids if not found.get(str(lat), {}).get("explanation")]},
         simulator=sim_key, explainer=ex_key, k=args.k_explain, controls=args.controls,
         validity={x: v[x] for x in ("auroc", "mean_true_r", "mean_control_r", "n_true", "n_controls", "undefined")},
         baseline_subset={"latents": [f["id"] for f in sub], "windows": args.prompt_windows, "controls": 3,
                          **{n: {x: run[f"subset_{n}"][x] for x in ("auroc", "mean_true_r", "mean_control_r",
                                                                    "n_true", "n_controls", "undefined", "cpu_s")}
                             for n in ("trained", "prompted")}},
-        mean_test_r_of_found=mean_defined(found[str(l)]["score"] for l in test_ids if str(l) in found),
+        validity_token_list_explanations={
+            "what": 'explanation = words like "a", "b" or "c": the peak tokens of the explain windows (no explainer)',
+            **{x: vt[x] for x in ("auroc", "mean_true_r", "mean_control_r", "n_true", "n_controls", "undefined")},
+            "examples": {f["id"]: f["explanation"] for f in tfeats[:8]}},
+        distinct_explanations=len({f["explanation"].lower() for f in feats}),
+        mean_test_r_of_found=mean_defined(found[str(lat)]["score"] for lat in test_ids if str(lat) in found),
         per_latent=per_latent,
         cpu_s={"sae_capture": state["sae"]["cpu_s"]["capture"], "sae_train": state["sae"]["cpu_s"]["train"],
                "pool": state["pool"]["cpu_s"], "windows": state["windows"]["cpu_s"],
                "explain_per_latent": float(np.mean(explain_cpu)) if explain_cpu else None,
-               "explain_total": float(np.sum(explain_cpu)), "validity": v["cpu_s"]},
+               "explain_total": float(np.sum(explain_cpu)), "validity": v["cpu_s"], "token_list": vt["cpu_s"]},
         target={"validity_auroc>=0.85": v["auroc"] is not None and v["auroc"] >= 0.85},
     )
     write_result("autointerp_latents", result, threads=args.threads)

@@ -61,5 +61,15 @@ def test_feature_line_is_a_trainset_line(bench):
                                                            {"text": "nothing", "select_r": None}]}
     line = bench.feature_line(7, "resid.12", wins, 2.0, found)
     assert line["explanation"] == "the letter b" and line["explanations"] == ["the letter b", "letters", "nothing"]
+    assert line["select_r"] == [0.9, 0.2, None]
     assert line["family"] == "latent7" and line["scale"] == 2.0 and line["windows"] == wins
     assert "explanation" not in bench.feature_line(7, "resid.12", wins, 2.0, None)
+
+
+def test_token_list_explanation_names_the_peak_tokens(bench):
+    wins = [{"tokens": [" the", " Baseball", " game"], "values": [0, 5, 1]},
+            {"tokens": [" baseball", "!"], "values": [3, 0]},
+            {"tokens": ["1", " often"], "values": [0, 2]},
+            {"tokens": ["x"], "values": [0]}]
+    assert bench.token_list_explanation(wins) == 'words like "Baseball" or "often"'
+    assert bench.token_list_explanation(wins[3:]) is None

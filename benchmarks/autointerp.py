@@ -115,9 +115,7 @@ def main() -> None:
         if f["id"] in rec:
             continue
         wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-        c0 = time.process_time()
-        row = explain_one(f["id"], wins, ex, sim, k=args.k, seed=0)
-        cpu_s = time.process_time() - c0
+        row, cpu_s = timed_pipeline(f, ex, sim, args.k)
         test = [wins[i] for i in row["split"]["test"]]
         true_r = simulation_r(sim, f["explanation"], test)
         ratio = row["score"] / true_r if row["score"] is not None and true_r is not None and true_r > 0.05 else None
@@ -135,10 +133,8 @@ def main() -> None:
     for f in first_per_rule(held)[: args.throughput_features]:
         if f["id"] in pthr:
             continue
-        wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-        c0 = time.process_time()
-        row = explain_one(f["id"], wins, pex, psim, k=args.k, seed=0)
-        pthr[f["id"]] = {"found": row["explanation"], "score_prompted_sim": row["score"], "cpu_s": time.process_time() - c0}
+        row, cpu_s = timed_pipeline(f, pex, psim, args.k)
+        pthr[f["id"]] = {"found": row["explanation"], "score_prompted_sim": row["score"], "cpu_s": cpu_s}
         save()
         print(f"(d) prompted pipeline {f['rule']}: {row['explanation']!r} in {pthr[f['id']]['cpu_s']:.0f} CPU s")
     ids = list(pthr)
@@ -170,6 +166,15 @@ def main() -> None:
     )
     atomic_write_json(ROOT / "results" / "autointerp_trained.json", result)
     print(f"wrote {ROOT / 'results' / 'autointerp_trained.json'}")
+
+
+def timed_pipeline(feature: dict, explainer, simulator, k: int) -> tuple[dict, float]:
+    """explain_one on a feature line (k candidates, best on the select windows, r on the test windows) and
+    the process CPU seconds it took: what part (d) counts, here and in autointerp_throughput.py."""
+    wins = [(w["tokens"], w["values"]) for w in feature["windows"]]
+    c0 = time.process_time()
+    row = explain_one(feature["id"], wins, explainer, simulator, k=k, seed=0)
+    return row, time.process_time() - c0
 
 
 def per_family(v: dict, feats: list[dict]) -> dict:

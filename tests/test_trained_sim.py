@@ -88,6 +88,40 @@ def test_predictions_align_to_given_strings_split_or_merged(tiny):
     assert enc.reads[0][1] - enc.reads[0][0] == 6  # " world" is 6 byte tokens
 
 
+def test_simulate_many_equals_one_full_row_per_window(tiny):
+    from metalens.autointerp.simulator import value_logits, expected_values
+
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer, batch_size=3)  # 3 rows a batch: several batches, mixed prefixes
+    expls = ["animals", "  names of the months of the year ", "x"]  # prompts of different lengths (padded together)
+    wins = [["", "ab", " c"], ["We", " met", " in", " May", "."], ["hello"], ["a", "", "bcd", " e", "f"], [""]]
+    many = sim.simulate_many(expls, wins)
+    for e, preds in zip(expls, many):
+        for w, got in zip(wins, preds):  # reference: the whole prompt + window as one unpadded row (value_logits)
+            with torch.no_grad():
+                lg = value_logits(tiny.model, sim.encoder.batch([(e, w)]), sim.value_ids)[0]
+            np.testing.assert_allclose(got, expected_values(lg).numpy(), atol=1e-5)
+        for a, b in zip(preds, sim.simulate(e, wins)):  # one explanation alone: same predictions
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert [len(p) for p in many[0]] == [len(w) for w in wins]
+
+
+def test_select_simulates_each_distinct_candidate_once(tiny):
+    from metalens.autointerp.explainer import select, simulation_r
+
+    class Counting(TrainedSimulator):
+        calls: list = []
+
+        def simulate_many(self, explanations, windows):
+            self.calls.append(list(explanations))
+            return super().simulate_many(explanations, windows)
+
+    sim = Counting(tiny.model, tiny.tokenizer)
+    wins = [(["in", " May", "."], [0.0, 5.0, 0.0]), (["the", " end"], [1.0, 0.0])]
+    best, rs = select(sim, ["months", "dots", "months"], wins)
+    assert sim.calls == [["months", "dots"]] and rs[0] == rs[2] and best in (0, 1)
+    np.testing.assert_allclose(rs[1], simulation_r(sim, "dots", wins), atol=1e-4)
+
+
 # ---- WordNet categories ----------------------------------------------------------------------------------
 MINI_NOUNS = [  # offset lexfile n words ptrs | gloss, in WordNet's data.noun format
     "00000001 06 n 01 vehicle 0 000 | a conveyance",
@@ -235,6 +269,36 @@ def test_trained_explainer_explains_and_selects(trained):
     assert best is not None and len(rs) == len(cands)
     p = explainer_prompt([Shown(["in", " May"], np.array([0.0, 2.0])), Shown(["the"], np.array([0.0]))])
     assert "Text: in<< May>>" in p and "Quiet: the" in p and p.endswith("Explanation:")
+
+
+def hf_generate_texts(model, tok, ids, k, temperature, max_tokens, seed):
+    """What the explainer generated before generate_lines: HF generate, greedy then k - 1 seeded samples."""
+    kw = dict(max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, attention_mask=torch.ones_like(ids))
+    outs = model.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:].tolist()
+    if k > 1:
+        torch.manual_seed(seed)
+        outs += model.generate(ids, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                               num_return_sequences=k - 1, **kw)[:, ids.shape[1]:].tolist()
+    return [tok.decode(o, skip_special_tokens=True) for o in outs]
+
+
+def test_generate_lines_stops_at_the_line_end_with_the_same_explanations_as_hf_generate():
+    from metalens.autointerp.explainer import clean, generate_lines
+
+    subj = tiny_llama(seed=5)
+    tok, model = subj.tokenizer, subj.model
+    ids = tok("Text: the <<cat>> sat\nExplanation:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # make "\n" likely, so lines end early, some after leading newlines
+        h = model.model(input_ids=ids).last_hidden_state[0].mean(0)
+        model.get_output_embeddings().weight[newline] += 6 * h / h.norm() ** 2
+    for k in (1, 8):
+        old = hf_generate_texts(model, tok, ids, k, 1.0, 16, seed=0)
+        new = generate_lines(model, tok, ids, k, 1.0, 16, seed=0)
+        assert len(new) == k
+        assert all(o.startswith(n) and clean(o) == clean(n) for o, n in zip(old, new))
+    cut = [n for o, n in zip(old, new) if len(n) < len(o)]
+    assert len(cut) >= 5 and any(n.startswith("\n") and n.strip() for n in cut)  # stopped; a leading newline did not
 
 
 # ---- store-free JSONL formats ------------------------------------------------------------------------------

@@ -119,21 +119,60 @@ class TrainedExplainer:
                 max_tokens: int = 16, seed: int = 0) -> list[str]:
         """Up to k distinct explanations (the greedy one first, then samples)."""
         prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
-        enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
-        dev = next(self.model.parameters()).device
-        ids = enc["input_ids"].to(dev)
-        kw = dict(max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, attention_mask=torch.ones_like(ids))
-        outs = self.model.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:].tolist()
-        if k > 1:
-            torch.manual_seed(seed)
-            outs += self.model.generate(ids, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                        num_return_sequences=k - 1, **kw)[:, ids.shape[1]:].tolist()
+        ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         found: list[str] = []
-        for o in outs:
-            e = clean(self.tok.decode(o, skip_special_tokens=True))
+        for text in generate_lines(self.model, self.tok, ids, k, temperature, max_tokens, seed):
+            e = clean(text)
             if e and e.lower() not in {x.lower() for x in found}:
                 found.append(e)
         return found
+
+
+def generate_lines(model, tokenizer, ids: torch.Tensor, k: int, temperature: float, max_tokens: int,
+                   seed: int) -> list[str]:
+    """k continuations of the prompt ids [1, n]: row 0 greedy, rows 1.. sampled at `temperature`, each
+    decoded and cut where its first line is complete (`clean` reads no further).
+
+    The same texts up to that line end as Hugging Face `generate` (greedy, then k - 1 samples with
+    `num_return_sequences` after `torch.manual_seed(seed)`), for less work: the prompt runs through the
+    model once (its cache is copied to the k rows), greedy and samples share each decoding step, and
+    decoding stops once every row has ended its line or met the end-of-sequence token. The samples use
+    the same random numbers (one multinomial draw over the k - 1 sampled rows per step; finished rows
+    keep drawing, so the stream does not shift)."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(model.parameters()).device
+    head = base.get_output_embeddings()
+    eos = base.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+    cache = DynamicCache(config=base.config)
+    h = base.model(input_ids=ids.to(dev), past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # [1, d]
+    logits = head(h).float().expand(k, -1)  # [k, vocab]
+    cache.batch_repeat_interleave(k)
+    if k > 1:
+        torch.manual_seed(seed)
+    rows: list[list[int]] = [[] for _ in range(k)]
+    done = [False] * k
+    for _ in range(max_tokens):
+        nxt = logits[:1].argmax(-1)  # [1]
+        if k > 1:
+            nxt = torch.cat([nxt, torch.multinomial((logits[1:] / temperature).softmax(-1), 1)[:, 0]])
+        nxt = nxt.tolist()
+        for r, t in enumerate(nxt):
+            if done[r]:
+                continue
+            if t in eos:
+                done[r] = True
+                continue
+            rows[r].append(t)
+            done[r] = "\n" in tokenizer.decode(rows[r], skip_special_tokens=True).lstrip()
+        if all(done):
+            break
+        feed = torch.tensor([[pad if d else t] for t, d in zip(nxt, done)], device=dev)  # [k, 1]
+        logits = head(base.model(input_ids=feed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]).float()
+    return [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
 
 
 class PromptExplainer:
@@ -154,13 +193,25 @@ def simulation_r(sim, explanation: str, windows: Sequence[tuple[Sequence[str], S
     """Pearson r over all tokens of the windows between simulated and true values (None when undefined)."""
     if not windows:
         return None
-    preds = sim.simulate(explanation, [list(t) for t, _ in windows])
+    return _r(sim.simulate(explanation, [list(t) for t, _ in windows]), windows)
+
+
+def _r(preds: Sequence[np.ndarray], windows) -> float | None:
     return pearson(np.concatenate(preds), np.concatenate([np.asarray(v, np.float64) for _, v in windows]))
 
 
 def select(sim, candidates: Sequence[str], windows) -> tuple[int | None, list[float | None]]:
-    """(index of the best candidate by simulation r on `windows`, every candidate's r)."""
-    rs = [simulation_r(sim, c, windows) for c in candidates]
+    """(index of the best candidate by simulation r on `windows`, every candidate's r). A candidate given
+    twice is simulated once; a simulator with `simulate_many` simulates all candidates in one batched call."""
+    unique = list(dict.fromkeys(candidates))
+    if not windows:
+        r_of: dict[str, float | None] = {c: None for c in unique}
+    elif hasattr(sim, "simulate_many"):
+        preds = sim.simulate_many(unique, [list(t) for t, _ in windows])
+        r_of = {c: _r(p, windows) for c, p in zip(unique, preds)}
+    else:
+        r_of = {c: simulation_r(sim, c, windows) for c in unique}
+    rs = [r_of[c] for c in candidates]
     defined = [i for i, r in enumerate(rs) if r is not None]
     return (max(defined, key=lambda i: rs[i]) if defined else (0 if candidates else None)), rs
 

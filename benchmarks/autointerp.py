@@ -126,6 +126,17 @@ def main() -> None:
         print(f"(c) {f['rule']:18s} found {row['explanation']!r} r={row['score']}  true {f['explanation']!r} r={true_r}")
     mean_rec = mean_defined(r["recovery"] for r in rec.values())
     print(f"(c) mean recovery {mean_rec}")
+    # ablation: the same explainer without the examples candidate (all k generated)
+    gen = TrainedExplainer(ex.model, ex.tok, ex.name + " (generated only)", examples=False)
+    rec_gen = state.setdefault("recovery_generated_only", {})
+    for f in first_per_rule(held):
+        if f["id"] not in rec_gen:
+            row, _ = timed_pipeline(f, gen, sim, args.k)
+            t = rec[f["id"]]["true_r"]
+            rec_gen[f["id"]] = {"found": row["explanation"], "found_r": row["score"],
+                                "recovery": row["score"] / t if row["score"] is not None and t is not None and t > 0.05
+                                else None}
+            save()
 
     # ---- (d) prompted pipeline on the first features, same windows --------------------------------------
     pthr = state.setdefault("prompted_pipeline", {})
@@ -156,7 +167,8 @@ def main() -> None:
                          "cpu_s": {"trained": state["validity_subset_trained"]["cpu_s"],
                                    "prompted": state["validity_subset_prompted"]["cpu_s"]}},
         per_family_heldout=per_family(v, held),
-        recovery={"mean": mean_rec, "per_feature": {k: {x: r[x] for x in ("rule", "truth", "found", "found_r", "true_r",
+        recovery={"mean": mean_rec, **recovery_summary(rec), "generated_only": recovery_summary(rec_gen),
+                  "per_feature": {k: {x: r[x] for x in ("rule", "truth", "found", "found_r", "true_r",
                                                                           "recovery")} for k, r in rec.items()}},
         throughput=thr,
         sae_latents="benchmarks/results/autointerp_latents.json (benchmarks/autointerp_latents.py)",
@@ -166,6 +178,15 @@ def main() -> None:
     )
     atomic_write_json(ROOT / "results" / "autointerp_trained.json", result)
     print(f"wrote {ROOT / 'results' / 'autointerp_trained.json'}")
+
+
+def recovery_summary(rec: dict) -> dict:
+    """Recovery counted three ways over the features whose true explanation scores r > 0.05 (the rest
+    have no defined ratio): mean ratio, mean ratio capped at 1, and how many reach 0.8."""
+    ratios = [r["recovery"] for r in rec.values() if r["recovery"] is not None]
+    return {"mean_ratio": float(np.mean(ratios)) if ratios else None,
+            "mean_ratio_capped": float(np.mean(np.minimum(ratios, 1.0))) if ratios else None,
+            "reached_0.8": sum(x >= 0.8 for x in ratios), "defined": len(ratios), "features": len(rec)}
 
 
 def timed_pipeline(feature: dict, explainer, simulator, k: int) -> tuple[dict, float]:

@@ -269,6 +269,19 @@ def test_trained_explainer_explains_and_selects(trained):
     assert best is not None and len(rs) == len(cands)
     p = explainer_prompt([Shown(["in", " May"], np.array([0.0, 2.0])), Shown(["the"], np.array([0.0]))])
     assert "Text: in<< May>>" in p and "Quiet: the" in p and p.endswith("Explanation:")
+    # the examples candidate is one of the k, last; without it all k are generated
+    assert ex.explain(wins, k=3, max_tokens=6)[-1] == "words like May"
+    assert "words like May" not in TrainedExplainer.load(base, efinal, examples=False).explain(wins, k=3, max_tokens=6)
+
+
+def test_examples_phrase_names_the_strongest_words_by_hand():
+    from metalens.autointerp.explainer import examples_phrase
+
+    wins = [([" in", " France", " and", " Jap", "an"], [0, 3, 0, 2, 1]), ([" Peru", ".", " peru"], [1.6, 0, 0.5])]
+    assert examples_phrase(wins) == "words like France, Japan or Peru"  # whole words, strongest first
+    assert examples_phrase(wins, n=2) == "words like France or Japan"
+    assert examples_phrase([([" (", "1998", ")"], [1, 0, 1])]) == "the tokens ( or )"
+    assert examples_phrase([([" x"], [0])]) is None
 
 
 def hf_generate_texts(model, tok, ids, k, temperature, max_tokens, seed):

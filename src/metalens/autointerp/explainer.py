@@ -103,25 +103,54 @@ def clean(text: str) -> str | None:
     return line or None
 
 
-class TrainedExplainer:
-    """A subject model with an explainer adapter merged in."""
+def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> str | None:
+    """An explanation that names the feature by its strongest examples: "words like A, B or C" (the
+    distinct words, or non-word tokens, whose value is above `mark` x the max, strongest first)."""
+    from .synthetic import words
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained"):
-        self.model, self.tok, self.name = model, tokenizer, name
+    top = max((float(np.max(v)) for _, v in windows if len(v)), default=0.0)
+    if top <= 0:
+        return None
+    best: dict[str, float] = {}
+    for toks, vals in windows:
+        vals = np.asarray(vals, np.float64)
+        units = words(toks) + [(t.strip(), [i]) for i, t in enumerate(toks) if t.strip() and not t.strip()[0].isalnum()]
+        for w, idx in units:
+            v = float(vals[idx].max())
+            if v > mark * top and len(w) <= 24:
+                key = w if w[:1].isupper() and len(w) > 1 else w.lower()
+                best[key] = max(best.get(key, 0.0), v)
+    ex = sorted(best, key=lambda w: -best[w])[:n]
+    if not ex:
+        return None
+    listed = ex[0] if len(ex) == 1 else f"{', '.join(ex[:-1])} or {ex[-1]}"
+    return f"words like {listed}" if any(w[:1].isalnum() for w in ex) else f"the tokens {listed}"
+
+
+class TrainedExplainer:
+    """A subject model with an explainer adapter merged in. With `examples`, one of the k candidates
+    is examples_phrase() of the windows (the best-of-k selection decides whether it wins)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", examples: bool = True):
+        self.model, self.tok, self.name, self.examples = model, tokenizer, name, examples
 
     @classmethod
-    def load(cls, subject, adapter_dir: str | Path | None = None) -> "TrainedExplainer":
+    def load(cls, subject, adapter_dir: str | Path | None = None, examples: bool = True) -> "TrainedExplainer":
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "explainer"
-        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}")
+        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}", examples)
 
     @torch.no_grad()
     def explain(self, windows: Sequence[tuple[Sequence[str], Sequence[float]]], k: int = 8, temperature: float = 0.7,
                 max_tokens: int = 16, seed: int = 0) -> list[str]:
-        """Up to k distinct explanations (the greedy one first, then samples)."""
+        """Up to k distinct explanations (the greedy one first, then samples; with `examples`, the last
+        of the k is the examples phrase)."""
         prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
         ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        phrase = examples_phrase(windows) if self.examples else None
+        n_gen = k - 1 if phrase and k > 1 else k
         found: list[str] = []
-        for text in generate_lines(self.model, self.tok, ids, k, temperature, max_tokens, seed):
+        texts = generate_lines(self.model, self.tok, ids, n_gen, temperature, max_tokens, seed)
+        for text in texts + ([phrase] if n_gen < k else []):
             e = clean(text)
             if e and e.lower() not in {x.lower() for x in found}:
                 found.append(e)

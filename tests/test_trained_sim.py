@@ -88,6 +88,87 @@ def test_predictions_align_to_given_strings_split_or_merged(tiny):
     assert enc.reads[0][1] - enc.reads[0][0] == 6  # " world" is 6 byte tokens
 
 
+def test_simulate_many_equals_one_full_row_per_window(tiny):
+    from metalens.autointerp.simulator import value_logits, expected_values
+
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer, batch_size=3)  # 3 rows a batch: several batches, mixed prefixes
+    expls = ["animals", "  names of the months of the year ", "x"]  # prompts of different lengths (padded together)
+    wins = [["", "ab", " c"], ["We", " met", " in", " May", "."], ["hello"], ["a", "", "bcd", " e", "f"], [""]]
+    many = sim.simulate_many(expls, wins)
+    for e, preds in zip(expls, many):
+        for w, got in zip(wins, preds):  # reference: the whole prompt + window as one unpadded row (value_logits)
+            with torch.no_grad():
+                lg = value_logits(tiny.model, sim.encoder.batch([(e, w)]), sim.value_ids)[0]
+            np.testing.assert_allclose(got, expected_values(lg).numpy(), atol=1e-5)
+        for a, b in zip(preds, sim.simulate(e, wins)):  # one explanation alone: same predictions
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert [len(p) for p in many[0]] == [len(w) for w in wins]
+
+
+def test_select_simulates_each_distinct_candidate_once(tiny):
+    from metalens.autointerp.explainer import select, simulation_r
+
+    class Counting(TrainedSimulator):
+        calls: list = []
+
+        def simulate_many(self, explanations, windows):
+            self.calls.append(list(explanations))
+            return super().simulate_many(explanations, windows)
+
+    sim = Counting(tiny.model, tiny.tokenizer)
+    wins = [(["in", " May", "."], [0.0, 5.0, 0.0]), (["the", " end"], [1.0, 0.0])]
+    best, rs = select(sim, ["months", "dots", "months"], wins)
+    assert sim.calls == [["months", "dots"]] and rs[0] == rs[2] and best in (0, 1)
+    np.testing.assert_allclose(rs[1], simulation_r(sim, "dots", wins), atol=1e-4)
+
+
+# ---- WordNet categories ----------------------------------------------------------------------------------
+MINI_NOUNS = [  # offset lexfile n words ptrs | gloss, in WordNet's data.noun format
+    "00000001 06 n 01 vehicle 0 000 | a conveyance",
+    '00000002 06 n 01 car 0 001 @ 00000001 n 0000 | a motor vehicle; "he drove the car to the station"',
+    "00000003 06 n 01 bus 0 001 @ 00000001 n 0000 | a large vehicle",
+    "00000004 06 n 01 bank 0 000 | a financial institution",
+    "00000005 06 n 01 bank 1 001 @ 00000001 n 0000 | a rare sense under vehicle",
+    "00000006 06 n 01 run 0 001 @ 00000001 n 0000 | a noun sense of a mostly-verb word",
+    "00000007 06 n 01 Zeppelin 0 001 @i 00000001 n 0000 | an instance",
+    "00000008 06 n 01 cab 0 001 @ 00000002 n 0000 | a car for hire (a grandchild of vehicle)",
+]
+MINI_INDEX = ["vehicle n 1 1 ~ 1 1 00000001", "car n 1 2 @ ~ 1 1 00000002", "bus n 1 1 @ 1 1 00000003",
+              "bank n 2 1 @ 2 1 00000004 00000005", "run n 1 1 @ 1 0 00000006", "zeppelin n 1 1 @ 1 0 00000007",
+              "cab n 1 1 @ 1 0 00000008"]
+
+
+def mini_wordnet(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.noun").write_text("  licence header line\n" + "\n".join(MINI_NOUNS) + "\n")
+    (root / "index.noun").write_text("  licence header line\n" + "\n".join(MINI_INDEX) + "\n")
+    (root / "index.verb").write_text("run v 1 1 @ 1 5 02000001\n")
+    return root
+
+
+def test_wordnet_categories_by_first_sense_and_part_of_speech(tmp_path):
+    from metalens.autointerp import wordnet as W
+
+    assert W.read_wordnet(tmp_path / "absent") is None
+    wn = W.read_wordnet(mini_wordnet(tmp_path / "wn"))
+    m = W.members(wn)
+    # bank's FIRST sense is not a vehicle, run is mostly a verb; cab counts through car (two links up)
+    assert m["00000001"] == {"vehicle", "car", "bus", "Zeppelin", "cab"} and m["00000002"] == {"car", "cab"}
+    assert (W.plural("bus"), W.plural("city"), W.plural("day"), W.plural("car")) == ("buses", "cities", "days", "cars")
+    counts = W.word_counts(["The car and two cars, a bus, a cab, the bank and a Zeppelin run."])
+    cats = W.categories(wn, counts, exclude=["cab"], min_seen=3, min_count=3, max_share=1.0, max_excluded=0.5)
+    veh = next(c for c in cats if c.name == "vehicle")
+    assert {"car", "cars", "bus", "buses", "Zeppelin"} <= veh.words and "cab" not in veh.words and "bank" not in veh.words
+    assert set(veh.seen) == {"car", "cars", "bus", "Zeppelin"} and veh.lexfile == "artifact"
+    # a category losing most of its seen members to the excluded words is that concept: dropped
+    assert "vehicle" not in {c.name for c in W.categories(wn, counts, exclude=["bus", "car", "cars"], min_seen=1,
+                                                          min_count=1, max_share=1.0)}
+    assert W.example_sentences(wn) == ["he drove the car to the station"]
+    rule = R.category_rules([veh])[0]
+    assert rule.family == "wn_artifact" and rule.explanations[0] == "vehicles" and len(rule.explanations) == 4
+    np.testing.assert_array_equal(rule.values(["A", " Zeppelin", " and", " two", " bus", "es"]), [0, 1, 0, 0, 1, 1])
+
+
 # ---- training, saving, loading ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -97,7 +178,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     torch.set_num_threads(1)
     subj = tiny_llama(seed=3)
-    bc = BuildConfig(n_pydoc=30, train_lines_per_rule=1, windows_per_feature=4, window=16, max_tokens=64)
+    bc = BuildConfig(n_pydoc=30, train_lines_per_rule=1, windows_per_feature=4, window=16, max_tokens=64,
+                     wordnet_dir=str(mini_wordnet(root / "wn")), wordnet_texts=4)
     build_trainset(root / "data", subj.tokenizer, None, bc)
     cfg = TrainConfig(data=str(root / "data"), out=str(root / "sim"), steps=3, batch=2, crop=12, eval_every=2,
                       eval_windows=2, eval_controls=1, first_layer=2, checkpoint_s=0.0)
@@ -113,6 +195,27 @@ def test_trainset_holds_out_whole_families(trained):
     train_fams = {json.loads(ln)["family"] for ln in (root / "data" / "train.jsonl").read_text().splitlines()}
     held = {json.loads(ln)["family"] for ln in (root / "data" / "heldout.jsonl").read_text().splitlines()}
     assert held and train_fams and not (held & train_fams)
+
+
+def test_training_windows_carry_a_contrast_rule_of_another_family(trained):
+    from metalens.autointerp.train import load_windows
+
+    root, *_ = trained
+    rules = by_name()
+    lines = [json.loads(ln) for ln in (root / "data" / "train.jsonl").read_text().splitlines()]
+    n = 0
+    for ln in lines:
+        for w in ln["windows"]:
+            c = w["contrast"]
+            other = rules[c["rule"]]
+            assert other.family != ln["family"] and c["explanations"] == list(other.explanations)
+            assert len(c["values"]) == len(w["tokens"]) and max(c["values"]) <= c["scale"]
+            if other.family in ("orthography",):  # per-token rules: the window alone gives the same values
+                np.testing.assert_allclose(c["values"], other.values(w["tokens"]), atol=1e-4)
+                n += 1
+    assert n > 0
+    assert len(load_windows(root / "data" / "train.jsonl")) == 2 * len(load_windows(root / "data" / "train.jsonl", False))
+    assert "contrast" not in json.loads((root / "data" / "heldout.jsonl").read_text().splitlines()[0])["windows"][0]
 
 
 def test_train_save_load_simulate_and_resume(trained):
@@ -143,6 +246,14 @@ def test_train_save_load_simulate_and_resume(trained):
     assert [c["step"] for c in curve if "auroc" in c] == [0, 2, 4]  # continued at 3; step 0 not evaluated again
     with pytest.raises(ValueError, match="different config"):
         train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), tiny_llama(seed=3))
+    # --init: a run starting from a finished adapter holds its tensors before any step
+    init = train(TrainConfig(**{**cfg.__dict__, "out": str(root / "init"), "init": str(final), "steps": 0,
+                                "eval_every": 0}), tiny_llama(seed=3))
+    a, b = load_file(str(final / "adapter.safetensors")), load_file(str(init / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="rank"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(root / "init2"), "init": str(final), "rank": 4}),
+              tiny_llama(seed=3))
 
 
 def test_trained_explainer_explains_and_selects(trained):
@@ -158,6 +269,49 @@ def test_trained_explainer_explains_and_selects(trained):
     assert best is not None and len(rs) == len(cands)
     p = explainer_prompt([Shown(["in", " May"], np.array([0.0, 2.0])), Shown(["the"], np.array([0.0]))])
     assert "Text: in<< May>>" in p and "Quiet: the" in p and p.endswith("Explanation:")
+    # the examples candidate is one of the k, last; without it all k are generated
+    assert ex.explain(wins, k=3, max_tokens=6)[-1] == "words like May"
+    assert "words like May" not in TrainedExplainer.load(base, efinal, examples=False).explain(wins, k=3, max_tokens=6)
+
+
+def test_examples_phrase_names_the_strongest_words_by_hand():
+    from metalens.autointerp.explainer import examples_phrase
+
+    wins = [([" in", " France", " and", " Jap", "an"], [0, 3, 0, 2, 1]), ([" Peru", ".", " peru"], [1.6, 0, 0.5])]
+    assert examples_phrase(wins) == "words like France, Japan or Peru"  # whole words, strongest first
+    assert examples_phrase(wins, n=2) == "words like France or Japan"
+    assert examples_phrase([([" (", "1998", ")"], [1, 0, 1])]) == "the tokens ( or )"
+    assert examples_phrase([([" x"], [0])]) is None
+
+
+def hf_generate_texts(model, tok, ids, k, temperature, max_tokens, seed):
+    """What the explainer generated before generate_lines: HF generate, greedy then k - 1 seeded samples."""
+    kw = dict(max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, attention_mask=torch.ones_like(ids))
+    outs = model.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:].tolist()
+    if k > 1:
+        torch.manual_seed(seed)
+        outs += model.generate(ids, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                               num_return_sequences=k - 1, **kw)[:, ids.shape[1]:].tolist()
+    return [tok.decode(o, skip_special_tokens=True) for o in outs]
+
+
+def test_generate_lines_stops_at_the_line_end_with_the_same_explanations_as_hf_generate():
+    from metalens.autointerp.explainer import clean, generate_lines
+
+    subj = tiny_llama(seed=5)
+    tok, model = subj.tokenizer, subj.model
+    ids = tok("Text: the <<cat>> sat\nExplanation:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    newline = tok("\n", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # make "\n" likely, so lines end early, some after leading newlines
+        h = model.model(input_ids=ids).last_hidden_state[0].mean(0)
+        model.get_output_embeddings().weight[newline] += 6 * h / h.norm() ** 2
+    for k in (1, 8):
+        old = hf_generate_texts(model, tok, ids, k, 1.0, 16, seed=0)
+        new = generate_lines(model, tok, ids, k, 1.0, 16, seed=0)
+        assert len(new) == k
+        assert all(o.startswith(n) and clean(o) == clean(n) for o, n in zip(old, new))
+    cut = [n for o, n in zip(old, new) if len(n) < len(o)]
+    assert len(cut) >= 5 and any(n.startswith("\n") and n.strip() for n in cut)  # stopped; a leading newline did not
 
 
 # ---- store-free JSONL formats ------------------------------------------------------------------------------

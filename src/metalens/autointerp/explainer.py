@@ -103,37 +103,105 @@ def clean(text: str) -> str | None:
     return line or None
 
 
-class TrainedExplainer:
-    """A subject model with an explainer adapter merged in."""
+def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> str | None:
+    """An explanation that names the feature by its strongest examples: "words like A, B or C" (the
+    distinct words, or non-word tokens, whose value is above `mark` x the max, strongest first)."""
+    from .synthetic import words
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained"):
-        self.model, self.tok, self.name = model, tokenizer, name
+    top = max((float(np.max(v)) for _, v in windows if len(v)), default=0.0)
+    if top <= 0:
+        return None
+    best: dict[str, float] = {}
+    for toks, vals in windows:
+        vals = np.asarray(vals, np.float64)
+        units = words(toks) + [(t.strip(), [i]) for i, t in enumerate(toks) if t.strip() and not t.strip()[0].isalnum()]
+        for w, idx in units:
+            v = float(vals[idx].max())
+            if v > mark * top and len(w) <= 24:
+                key = w if w[:1].isupper() and len(w) > 1 else w.lower()
+                best[key] = max(best.get(key, 0.0), v)
+    ex = sorted(best, key=lambda w: -best[w])[:n]
+    if not ex:
+        return None
+    listed = ex[0] if len(ex) == 1 else f"{', '.join(ex[:-1])} or {ex[-1]}"
+    return f"words like {listed}" if any(w[:1].isalnum() for w in ex) else f"the tokens {listed}"
+
+
+class TrainedExplainer:
+    """A subject model with an explainer adapter merged in. With `examples`, one of the k candidates
+    is examples_phrase() of the windows (the best-of-k selection decides whether it wins)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", examples: bool = True):
+        self.model, self.tok, self.name, self.examples = model, tokenizer, name, examples
 
     @classmethod
-    def load(cls, subject, adapter_dir: str | Path | None = None) -> "TrainedExplainer":
+    def load(cls, subject, adapter_dir: str | Path | None = None, examples: bool = True) -> "TrainedExplainer":
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "explainer"
-        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}")
+        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}", examples)
 
     @torch.no_grad()
     def explain(self, windows: Sequence[tuple[Sequence[str], Sequence[float]]], k: int = 8, temperature: float = 0.7,
                 max_tokens: int = 16, seed: int = 0) -> list[str]:
-        """Up to k distinct explanations (the greedy one first, then samples)."""
+        """Up to k distinct explanations (the greedy one first, then samples; with `examples`, the last
+        of the k is the examples phrase)."""
         prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
-        enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
-        dev = next(self.model.parameters()).device
-        ids = enc["input_ids"].to(dev)
-        kw = dict(max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, attention_mask=torch.ones_like(ids))
-        outs = self.model.generate(ids, do_sample=False, **kw)[:, ids.shape[1]:].tolist()
-        if k > 1:
-            torch.manual_seed(seed)
-            outs += self.model.generate(ids, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                        num_return_sequences=k - 1, **kw)[:, ids.shape[1]:].tolist()
+        ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        phrase = examples_phrase(windows) if self.examples else None
+        n_gen = k - 1 if phrase and k > 1 else k
         found: list[str] = []
-        for o in outs:
-            e = clean(self.tok.decode(o, skip_special_tokens=True))
+        texts = generate_lines(self.model, self.tok, ids, n_gen, temperature, max_tokens, seed)
+        for text in texts + ([phrase] if n_gen < k else []):
+            e = clean(text)
             if e and e.lower() not in {x.lower() for x in found}:
                 found.append(e)
         return found
+
+
+def generate_lines(model, tokenizer, ids: torch.Tensor, k: int, temperature: float, max_tokens: int,
+                   seed: int) -> list[str]:
+    """k continuations of the prompt ids [1, n]: row 0 greedy, rows 1.. sampled at `temperature`, each
+    decoded and cut where its first line is complete (`clean` reads no further).
+
+    The same texts up to that line end as Hugging Face `generate` (greedy, then k - 1 samples with
+    `num_return_sequences` after `torch.manual_seed(seed)`), for less work: the prompt runs through the
+    model once (its cache is copied to the k rows), greedy and samples share each decoding step, and
+    decoding stops once every row has ended its line or met the end-of-sequence token. The samples use
+    the same random numbers (one multinomial draw over the k - 1 sampled rows per step; finished rows
+    keep drawing, so the stream does not shift)."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(model.parameters()).device
+    head = base.get_output_embeddings()
+    eos = base.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+    cache = DynamicCache(config=base.config)
+    h = base.model(input_ids=ids.to(dev), past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # [1, d]
+    logits = head(h).float().expand(k, -1)  # [k, vocab]
+    cache.batch_repeat_interleave(k)
+    if k > 1:
+        torch.manual_seed(seed)
+    rows: list[list[int]] = [[] for _ in range(k)]
+    done = [False] * k
+    for _ in range(max_tokens):
+        nxt = logits[:1].argmax(-1)  # [1]
+        if k > 1:
+            nxt = torch.cat([nxt, torch.multinomial((logits[1:] / temperature).softmax(-1), 1)[:, 0]])
+        nxt = nxt.tolist()
+        for r, t in enumerate(nxt):
+            if done[r]:
+                continue
+            if t in eos:
+                done[r] = True
+                continue
+            rows[r].append(t)
+            done[r] = "\n" in tokenizer.decode(rows[r], skip_special_tokens=True).lstrip()
+        if all(done):
+            break
+        feed = torch.tensor([[pad if d else t] for t, d in zip(nxt, done)], device=dev)  # [k, 1]
+        logits = head(base.model(input_ids=feed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]).float()
+    return [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
 
 
 class PromptExplainer:
@@ -154,13 +222,25 @@ def simulation_r(sim, explanation: str, windows: Sequence[tuple[Sequence[str], S
     """Pearson r over all tokens of the windows between simulated and true values (None when undefined)."""
     if not windows:
         return None
-    preds = sim.simulate(explanation, [list(t) for t, _ in windows])
+    return _r(sim.simulate(explanation, [list(t) for t, _ in windows]), windows)
+
+
+def _r(preds: Sequence[np.ndarray], windows) -> float | None:
     return pearson(np.concatenate(preds), np.concatenate([np.asarray(v, np.float64) for _, v in windows]))
 
 
 def select(sim, candidates: Sequence[str], windows) -> tuple[int | None, list[float | None]]:
-    """(index of the best candidate by simulation r on `windows`, every candidate's r)."""
-    rs = [simulation_r(sim, c, windows) for c in candidates]
+    """(index of the best candidate by simulation r on `windows`, every candidate's r). A candidate given
+    twice is simulated once; a simulator with `simulate_many` simulates all candidates in one batched call."""
+    unique = list(dict.fromkeys(candidates))
+    if not windows:
+        r_of: dict[str, float | None] = {c: None for c in unique}
+    elif hasattr(sim, "simulate_many"):
+        preds = sim.simulate_many(unique, [list(t) for t, _ in windows])
+        r_of = {c: _r(p, windows) for c, p in zip(unique, preds)}
+    else:
+        r_of = {c: simulation_r(sim, c, windows) for c in unique}
+    rs = [r_of[c] for c in candidates]
     defined = [i for i, r in enumerate(rs) if r is not None]
     return (max(defined, key=lambda i: rs[i]) if defined else (0 if candidates else None)), rs
 

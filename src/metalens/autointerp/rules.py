@@ -324,5 +324,21 @@ def make_rules(lists: dict[str, set[str]] | None = None) -> list[Rule]:
     return R
 
 
+def category_rules(cats) -> list[Rule]:
+    """One rule per WordNet category (wordnet.categories), in the family "wn_<lexicographer file>";
+    phrasings name the category and a few of its members seen in the text."""
+    from .wordnet import plural
+
+    out = []
+    for c in cats:
+        head = c.name.split()
+        p = " ".join(head[:-1] + [plural(head[-1])])
+        ex = [w for w in c.seen if not (w.endswith("s") and w[:-1] in c.seen)][:3] + ["", "", ""]
+        out.append(Rule(f"wn_{c.name.replace(' ', '_')}", f"wn_{c.lexfile}",
+                        (p, f"words for {p} like {ex[0]} or {ex[1]}", f"{p} ({', '.join(x for x in ex[:3] if x)})",
+                         f"names of {p}"), in_list(set(c.words))))
+    return out
+
+
 FAMILIES = ("places", "food", "nature", "time", "objects", "sentiment", "grammar", "morphology", "orthography",
             "context", "graded", "compound")

@@ -3,7 +3,9 @@
     TrainedSimulator   a LoRA fine-tune of the subject model (shipped in default/simulator/): ONE forward
                        pass over "Explanation: <text>\\nText:" + the window's tokens; at every window
                        token, the logits of 11 fixed token ids give a distribution over the values
-                       0..10 and the prediction is its expected value (Transluce's fine-tuned simulator)
+                       0..10 and the prediction is its expected value (Transluce's fine-tuned simulator);
+                       `simulate_many(explanations, windows)` scores several explanations in shared batches,
+                       each explanation's prompt run once and its cache shared by its windows
     PromptSimulator    the prompted few-shot simulator of simulate.py on any LLM (local or endpoint)
 
 Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
@@ -91,8 +93,13 @@ class Encoder:
             self.cache[s] = self.tok(s, add_special_tokens=False)["input_ids"] if s else []
         return self.cache[s]
 
-    def row(self, explanation: str, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
-        ids = list(self.tok(PROMPT_FORMAT.format(explanation=explanation.strip()), add_special_tokens=False)["input_ids"])
+    def prefix(self, explanation: str) -> list[int]:
+        """The ids of "Explanation: <text>\\nText:" (every row of one explanation starts with them)."""
+        return list(self.tok(PROMPT_FORMAT.format(explanation=explanation.strip()), add_special_tokens=False)["input_ids"])
+
+    def window(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The window's ids and, per string, the index read among them (-1: the token before the window)."""
+        ids: list[int] = []
         reads = []
         for s in tokens:
             if not isinstance(s, str):
@@ -100,6 +107,11 @@ class Encoder:
             ids += self.ids(s)
             reads.append(len(ids) - 1)
         return ids, reads
+
+    def row(self, explanation: str, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+        ids = self.prefix(explanation)
+        wids, reads = self.window(tokens)
+        return ids + wids, [len(ids) + r for r in reads]
 
     def batch(self, rows: Sequence[tuple[str, Sequence[str]]]) -> Encoded:
         enc = [self.row(e, t) for e, t in rows]
@@ -122,6 +134,51 @@ def value_logits(model: torch.nn.Module, enc: Encoded, value_ids: Sequence[int])
     return [h[b, r] @ w.T for b, r in enumerate(enc.reads)]  # only the 11 value rows of the unembedding
 
 
+def shared_prefix_value_logits(model: torch.nn.Module, prefixes: Sequence[Sequence[int]],
+                                rows: Sequence[tuple[int, list[int], list[int]]], value_ids: Sequence[int],
+                                pad: int, batch_size: int = 8) -> list[torch.Tensor]:
+    """`value_logits` for rows given as (index of their prefix, window ids, reads counted in the window; -1
+    is the prefix's last token): every prefix runs once (one padded batch) and its cache is shared by its
+    rows, which run `batch_size` at a time. The same numbers as `value_logits` on the full rows up to float
+    rounding: each row sees the same tokens at the same positions, pads are masked out."""
+    import copy
+
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dev = next(model.parameters()).device
+    lens = [len(p) for p in prefixes]
+    n_pre = max(lens)
+    ids = torch.full((len(prefixes), n_pre), pad, dtype=torch.long)
+    mask = torch.zeros((len(prefixes), n_pre), dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        ids[i, : len(p)], mask[i, : len(p)] = torch.tensor(list(p), dtype=torch.long), 1
+    cache = DynamicCache(config=base.config)
+    h_pre = base.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
+                       use_cache=True).last_hidden_state  # [n_prefixes, n_pre, d_model]
+    last = h_pre[torch.arange(len(prefixes)), torch.tensor(lens) - 1]  # [n_prefixes, d_model]
+    w = base.get_output_embeddings().weight[list(value_ids)]  # [11, d_model]: only the value rows of the unembedding
+    out: list[torch.Tensor] = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        which = [p for p, _, _ in chunk]
+        h = last[which][:, None]  # [b, 1, d_model]
+        n = max(len(i) for _, i, _ in chunk)
+        if n:
+            win = torch.full((len(chunk), n), pad, dtype=torch.long)
+            wmask = torch.zeros((len(chunk), n), dtype=torch.long)
+            for b, (_, i, _) in enumerate(chunk):
+                win[b, : len(i)], wmask[b, : len(i)] = torch.tensor(i, dtype=torch.long), 1
+            pos = torch.tensor([lens[p] for p in which])[:, None] + torch.arange(n)  # [b, n]: right after the prefix
+            sub = copy.deepcopy(cache)
+            sub.batch_select_indices(torch.tensor(which, device=dev))
+            h_win = base.model(input_ids=win.to(dev), attention_mask=torch.cat([mask[which], wmask], 1).to(dev),
+                               position_ids=pos.to(dev), past_key_values=sub, use_cache=True).last_hidden_state
+            h = torch.cat([h, h_win], 1)  # [b, 1 + n, d_model]: index 0 is the prefix's last token
+        out += [h[b, [r + 1 for r in reads]] @ w.T for b, (_, _, reads) in enumerate(chunk)]
+    return out
+
+
 class TrainedSimulator:
     """A trained simulator: a subject model with a simulator adapter merged in."""
 
@@ -137,15 +194,24 @@ class TrainedSimulator:
         model = load_lora(subject.model, adapter_dir)
         return cls(model, subject.tokenizer, f"trained:{adapter_dir.name}", batch_size)
 
-    @torch.no_grad()
     def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        for s in range(0, len(windows), self.batch_size):
-            chunk = windows[s : s + self.batch_size]
-            if not chunk:
-                continue
-            logits = value_logits(self.model, self.encoder.batch([(explanation, w) for w in chunk]), self.value_ids)
-            out += [expected_values(lg).cpu().numpy().astype(np.float64) for lg in logits]
+        return self.simulate_many([explanation], windows)[0]
+
+    @torch.no_grad()
+    def simulate_many(self, explanations: Sequence[str], windows: Sequence[Sequence[str]]) -> list[list[np.ndarray]]:
+        """`simulate(e, windows)` for every e, batched: each explanation's prompt runs once and is shared by
+        its windows, windows of several explanations share a batch, rows are sorted by length (less padding)."""
+        wins = [self.encoder.window(w) for w in windows]
+        out: list[list[np.ndarray]] = [[np.zeros(0)] * len(wins) for _ in explanations]
+        group = max(1, self.batch_size)
+        for g in range(0, len(explanations), group):
+            prefixes = [self.encoder.prefix(e) for e in explanations[g : g + group]]
+            rows = sorted([(p, j) for p in range(len(prefixes)) for j in range(len(wins))],
+                          key=lambda pj: len(wins[pj[1]][0]))
+            logits = shared_prefix_value_logits(self.model, prefixes, [(p, *wins[j]) for p, j in rows],
+                                                self.value_ids, self.encoder.pad, self.batch_size)
+            for (p, j), lg in zip(rows, logits):
+                out[g + p][j] = expected_values(lg).cpu().numpy().astype(np.float64)
         return out
 
 

@@ -68,6 +68,10 @@ class TrainConfig:
     """sampling seed"""
     base_model: str = ""
     """name of the subject model (recorded)"""
+    init: str = ""
+    """adapter folder to start from (a finished run's final/ or a shipped adapter); "" = zero LoRA B"""
+    contrast: bool = True
+    """simulator: also train on the contrast rule of each window (trainset's module doc)"""
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -78,12 +82,16 @@ def bins(values: Sequence[float], scale: float) -> np.ndarray:
     return np.clip(np.round(10 * np.asarray(values, np.float64) / scale), 0, 10).astype(np.int64)
 
 
-def load_windows(path: str | Path) -> list[tuple[list[str], list[str], np.ndarray]]:
-    """(explanations, tokens, bins) of every window of every feature line."""
+def load_windows(path: str | Path, contrast: bool = True) -> list[tuple[list[str], list[str], np.ndarray]]:
+    """(explanations, tokens, bins) of every window of every feature line, and of its contrast rule on
+    the same tokens when the line has one (trainset's module doc)."""
     out = []
     for where, obj in jsonl_objects(path):
         for w in obj["windows"]:
             out.append((obj["explanations"], w["tokens"], bins(w["values"], obj["scale"])))
+            c = w.get("contrast") if contrast else None
+            if c:
+                out.append((c["explanations"], w["tokens"], bins(c["values"], c["scale"])))
     return out
 
 
@@ -177,6 +185,21 @@ def train(cfg: TrainConfig, subject) -> Path:
     lcfg = {"rank": cfg.rank, "alpha": cfg.alpha, "first_layer": cfg.first_layer, "seed": cfg.seed,
             "task": cfg.task, "base_model": cfg.base_model or subject.name}
     model = add_lora_for(subject.model, lcfg)
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        init = json.loads((Path(cfg.init) / "adapter.json").read_text())
+        if (init["rank"], init["first_layer"]) != (cfg.rank, cfg.first_layer):
+            raise ValueError(f"--init {cfg.init}: rank {init['rank']}, first layer {init['first_layer']}; "
+                             f"this run has rank {cfg.rank}, first layer {cfg.first_layer}")
+        state = load_file(str(Path(cfg.init) / "adapter.safetensors"))
+        own = dict(model.named_parameters())
+        missing = [n for n in state if n not in own]
+        if missing:
+            raise ValueError(f"--init {cfg.init}: tensors this model lacks, e.g. {missing[:2]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                own[n].copy_(t.to(own[n].dtype))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     enc = Encoder(subject.tokenizer)
@@ -191,7 +214,7 @@ def train(cfg: TrainConfig, subject) -> Path:
         curve = [obj for _, obj in jsonl_objects(out / "curve.jsonl")] if (out / "curve.jsonl").exists() else []
         curve = [c for c in curve if c["step"] <= step]
     if cfg.task == "simulator":
-        data = load_windows(Path(cfg.data) / "train.jsonl")
+        data = load_windows(Path(cfg.data) / "train.jsonl", cfg.contrast)
         held = [o for _, o in jsonl_objects(Path(cfg.data) / "heldout.jsonl")]
         seen = [o for _, o in jsonl_objects(Path(cfg.data) / "seen_newtext.jsonl")]
         pool = [(f["family"], f["explanation"]) for f in held + seen]
@@ -276,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--checkpoint-s", type=float, default=TrainConfig.checkpoint_s)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default="", help="adapter folder to start from")
+    ap.add_argument("--no-contrast", action="store_true", help="ignore the windows' contrast rules")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from ..models import load_subject
@@ -283,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     subject = load_subject(device="cpu")
     cfg = TrainConfig(data=a.data, out=a.out, task=a.task, rank=a.rank, alpha=a.alpha, first_layer=a.first_layer,
                       lr=a.lr, warmup=a.warmup, batch=a.batch, crop=a.crop, steps=a.steps, checkpoint_s=a.checkpoint_s,
-                      eval_every=a.eval_every, eval_windows=a.eval_windows, seed=a.seed, base_model=subject.name)
+                      eval_every=a.eval_every, eval_windows=a.eval_windows, seed=a.seed, base_model=subject.name,
+                      init=a.init, contrast=not a.no_contrast)
     print(train(cfg, subject))
 
 

@@ -12,10 +12,18 @@ writes, each file atomically (a finished file is skipped when the build runs aga
 Every line is a feature in the store-free format (formats.py) plus what the rule knows:
 {"id", "rule", "family", "explanation", "explanations", "scale", "windows": [{"tokens", "values"}]};
 `scale` is the rule's max over its whole text pool (values are normalised to 0..10 by it).
-Text sources: "news" (news snippets), "pydoc" (CPython's reference manual) for training;
-"claims" (one-line common-sense claims) and "sentences" (hand-written everyday sentences) held out.
-`data_dir` is the root holding `classification_datasets/`; without it only pydoc and the hand-written
-sentences are used (and the built-in word lists).
+Training windows also carry `contrast`: another rule's values on the same tokens (one that fires in
+the window when there is one), so that every window is seen under two explanations with different
+answers and the simulator must read the explanation to tell them apart.
+
+Text sources: "news" (news snippets), "pydoc" (CPython's reference manual) and "wordnet" (the usage
+examples of WordNet's glosses, when Debian's wordnet-base is installed) for training; "claims"
+(one-line common-sense claims) and "sentences" (hand-written everyday sentences) held out.
+With WordNet present the training rules also get one rule per WordNet noun category picked from
+the training text (wordnet.categories, families "wn_<lexicographer file>"); categories of the
+held-out families' concepts (animals, body, locations, peoples and languages) and the held-out word
+lists themselves are excluded. `data_dir` is the root holding `classification_datasets/`; without it
+only pydoc, WordNet and the hand-written sentences are used (and the built-in word lists).
 """
 
 from __future__ import annotations
@@ -23,16 +31,23 @@ from __future__ import annotations
 import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import Rule, make_rules, word_lists
+from .rules import Rule, category_rules, make_rules, word_lists
+from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
 
 HOLDOUT = ("places", "nature", "compound")
-TRAIN_SOURCES = ("news", "pydoc")
+TRAIN_SOURCES = ("news", "pydoc", "wordnet")
+HELD_LISTS = ("countries", "cities", "nationalities", "animals", "weather", "body")
+"""word lists of the held-out families: no WordNet category may contain their words"""
+WN_SKIP_LEXFILES = ("tops", "animal", "body", "location", "object")
+"""WordNet noun files skipped (the held-out concepts: animals, body parts, places and geography)"""
+WN_SKIP_NAMES = ("inhabitant", "language", "national", "native", "foreigner", "European", "Asian", "African")
+"""WordNet categories skipped by name (peoples and languages overlap nationalities)"""
 TEST_SOURCES = ("claims", "sentences")
 
 
@@ -63,6 +78,14 @@ class BuildConfig:
     """reference-manual paragraphs"""
     seed: int = 0
     """sampling seed"""
+    wordnet_dir: str | None = str(wnet.WORDNET_DIR)
+    """WordNet's database files (skipped when absent or None)"""
+    wordnet_texts: int = 1500
+    """training texts made of WordNet usage examples (8 examples each)"""
+    wordnet_categories: int = 70
+    """WordNet category rules added to the training families"""
+    contrast: bool = True
+    """give every training window a second rule's values (see module doc)"""
 
 
 def _csv_column(path: Path, column: str) -> list[str]:
@@ -72,8 +95,14 @@ def _csv_column(path: Path, column: str) -> list[str]:
         return [row[column].strip() for row in csv.DictReader(f) if row.get(column, "").strip()]
 
 
-def text_sources(data_dir: str | Path | None, n_pydoc: int = 600) -> dict[str, list[str]]:
-    """Texts per source name (sources whose files are absent are empty)."""
+def text_sources(data_dir: str | Path | None, n_pydoc: int = 600, wn=None, n_wordnet: int = 0) -> dict[str, list[str]]:
+    """Texts per source name (sources whose files are absent are empty). `wn` (wordnet.read_wordnet())
+    gives `n_wordnet` texts of 8 usage examples each."""
+    ex = wnet.example_sentences(wn) if wn is not None and n_wordnet else []
+    if ex:
+        order = np.random.default_rng(7).permutation(len(ex))
+        ex = [" ".join(ex[j][:1].upper() + ex[j][1:] + "." for j in order[i : i + 8])
+              for i in range(0, min(len(ex), 8 * n_wordnet), 8)]
     root = Path(data_dir) / "classification_datasets" if data_dir else None
     claims = _csv_column(root / "gmt" / "common_claim_true_false.csv", "statement") if root else []
     lines = [s for s in SENTENCES.splitlines() if s.strip()]
@@ -83,6 +112,7 @@ def text_sources(data_dir: str | Path | None, n_pydoc: int = 600) -> dict[str, l
         "pydoc": pydoc_paragraphs(n_pydoc, seed=1),
         "claims": [" ".join(claims[i : i + 4]) for i in range(0, len(claims), 4)],  # 4 claims per text
         "sentences": [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)],
+        "wordnet": ex,
     }
 
 
@@ -104,11 +134,32 @@ def windows_of(texts: list[list[str]], rule: Rule, window: int) -> list[tuple[li
     return out
 
 
+class Contrast(NamedTuple):
+    """Every training rule's windows, for the contrast examples."""
+
+    rules: list[Rule]
+    """the rules"""
+    wins: list[list]
+    """per rule, windows_of(texts, rule) (the same windows for every rule)"""
+    scales: np.ndarray
+    """[n_rules] each rule's max value"""
+    fires: np.ndarray
+    """[n_rules, n_windows] bool: the rule fires somewhere in the window"""
+
+
+def contrast_pool(rules: Sequence[Rule], wins: dict) -> Contrast:
+    ws = [wins[r.name] for r in rules]
+    fires = np.array([[v.max() > 0 for _, v in w] for w in ws])
+    scales = np.array([max((float(v.max()) for _, v in w), default=0.0) for w in ws])
+    return Contrast(list(rules), ws, scales, fires)
+
+
 def feature_lines(rule: Rule, wins, n_lines: int, cfg: BuildConfig, rng: np.random.Generator, tag: str,
-                  noise: bool, foreign: Sequence[np.ndarray] = ()) -> list[dict]:
+                  noise: bool, foreign: Sequence[np.ndarray] = (), contrast: Contrast | None = None) -> list[dict]:
     """n_lines feature lines of cfg.windows_per_feature windows each: active_share from windows where
     the rule fires, foreign_share from `foreign` (per other rule, the indices of its active windows),
-    the rest uniformly random."""
+    the rest uniformly random. With `contrast`, each window also gets a rule of another family (one
+    firing in it when there is one) with its values there."""
     if not wins:
         return []
     scale = max(float(v.max()) for _, v in wins)
@@ -129,7 +180,16 @@ def feature_lines(rule: Rule, wins, n_lines: int, cfg: BuildConfig, rng: np.rand
             if noisy:
                 u = rng.random(len(v))
                 v = np.where(v > 0, np.where(u < 0.1, 0.0, v), np.where(u < 0.005, scale, 0.0))
-            rows.append({"tokens": list(toks), "values": [round(float(x), 4) for x in v]})
+            row = {"tokens": list(toks), "values": [round(float(x), 4) for x in v]}
+            if contrast is not None:
+                ok = np.array([o.family != rule.family and contrast.scales[k] > 0 for k, o in enumerate(contrast.rules)])
+                firing = np.flatnonzero(ok & contrast.fires[:, i])
+                k = int(rng.choice(firing if len(firing) else np.flatnonzero(ok)))
+                o = contrast.rules[k]
+                row["contrast"] = {"rule": o.name, "explanations": list(o.explanations),
+                                   "scale": float(contrast.scales[k]),
+                                   "values": [round(float(x), 4) for x in contrast.wins[k][i][1]]}
+            rows.append(row)
         out.append({"id": f"{rule.name}/{tag}/{j}", "rule": rule.name, "family": rule.family,
                     "explanation": rule.explanations[0], "explanations": list(rule.explanations), "scale": scale,
                     "noisy": bool(noisy), "windows": rows})
@@ -141,12 +201,21 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
     """Write train.jsonl, heldout.jsonl, seen_newtext.jsonl and meta.json under `out` (see module doc)."""
     out = Path(out)
     rel = Path(data_dir) / "classification_datasets" / "relations" if data_dir else None
-    rules = list(rules) if rules is not None else make_rules(word_lists(rel))
-    srcs = text_sources(data_dir, cfg.n_pydoc)
+    lists = word_lists(rel)
+    rules = list(rules) if rules is not None else make_rules(lists)
+    wn = wnet.read_wordnet(cfg.wordnet_dir) if cfg.wordnet_dir else None
+    srcs = text_sources(data_dir, cfg.n_pydoc, wn, cfg.wordnet_texts)
+    extra: list[Rule] = []  # WordNet categories: training families only
+    if wn is not None and cfg.wordnet_categories:
+        seen_words = wnet.word_counts(t for s in TRAIN_SOURCES for t in srcs[s])
+        held_words = set().union(*(lists[k] for k in HELD_LISTS))
+        cats = [c for c in wnet.categories(wn, seen_words, held_words, WN_SKIP_LEXFILES, limit=cfg.wordnet_categories + 20)
+                if c.name not in WN_SKIP_NAMES][: cfg.wordnet_categories]
+        extra = category_rules(cats)
     train_texts = tokenize(tokenizer, [t for s in TRAIN_SOURCES for t in srcs[s]], cfg.max_tokens)
     test_texts = tokenize(tokenizer, [t for s in TEST_SOURCES for t in srcs[s]], cfg.max_tokens)
     plan = {
-        "train.jsonl": ([r for r in rules if r.family not in cfg.holdout], train_texts, cfg.train_lines_per_rule, True),
+        "train.jsonl": ([r for r in rules if r.family not in cfg.holdout] + extra, train_texts, cfg.train_lines_per_rule, True),
         "heldout.jsonl": ([r for r in rules if r.family in cfg.holdout], test_texts, cfg.eval_lines_per_rule, False),
         "seen_newtext.jsonl": ([r for r in rules if r.family not in cfg.holdout], test_texts, cfg.eval_lines_per_rule,
                                False),
@@ -159,15 +228,17 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         rng = np.random.default_rng([cfg.seed, len(name)])
         wins = {r.name: windows_of(texts, r, cfg.window) for r in rs}
         act = {r.name: np.array([i for i, (_, v) in enumerate(wins[r.name]) if v.max() > 0]) for r in rs}
+        pool = contrast_pool(rs, wins) if noise and cfg.contrast else None
         lines = []
         for r in rs:
             foreign = [act[o.name] for o in rs if o.family != r.family and len(act[o.name])] if noise else []
-            lines += feature_lines(r, wins[r.name], n, cfg, rng, name[:5], noise, foreign)
+            lines += feature_lines(r, wins[r.name], n, cfg, rng, name[:5], noise, foreign, pool)
         if name == "train.jsonl":
             rng.shuffle(lines)
         write_jsonl(path, lines)
         counts[name] = len(lines)
     atomic_write_json(out / "meta.json", {"config": asdict(cfg), "sources": {k: len(v) for k, v in srcs.items()},
-                                          "rules": [{"name": r.name, "family": r.family} for r in rules],
+                                          "rules": [{"name": r.name, "family": r.family, "explanations": list(r.explanations)}
+                                                    for r in rules + extra],
                                           "lines": counts, "tokenizer": getattr(tokenizer, "name_or_path", "")})
     return paths

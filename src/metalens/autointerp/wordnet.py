@@ -1,0 +1,191 @@
+"""Word categories from WordNet 3.0 (Debian's `wordnet-base`, read from its plain-text database files).
+
+    wn = read_wordnet()                                   # None when the files are absent
+    cats = categories(wn, counts, exclude=held_out_words) # [Category]: "musical instruments" -> words
+    texts = example_sentences(wn)                         # the quoted usage examples of the glosses
+
+A noun belongs to a category when its MOST FREQUENT sense (the first synset index.noun lists for it)
+lies under the category's synset by hypernym (or instance-hypernym) links, so "bank" is not filed as
+a container by a rare sense. Categories are picked by how the words occur in a text (`counts`):
+enough distinct members seen, not so common that they cover everything, little overlap between
+picked categories. Only single-word lemmas are kept; plurals are added by a plain English rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+LEXFILES = {3: "tops", 4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition",
+            10: "communication", 11: "event", 12: "feeling", 13: "food", 14: "group", 15: "location", 16: "motive",
+            17: "object", 18: "person", 19: "phenomenon", 20: "plant", 21: "possession", 22: "process",
+            23: "quantity", 24: "relation", 25: "shape", 26: "state", 27: "substance", 28: "time"}
+
+
+class Synset(NamedTuple):
+    lexfile: str
+    """lexicographer file, e.g. "artifact" """
+    lemmas: tuple[str, ...]
+    """its words, "_" for spaces, in WordNet's order"""
+    up: tuple[str, ...]
+    """offsets of its hypernyms and instance hypernyms"""
+    gloss: str
+    """definition and quoted examples"""
+
+
+class WordNet(NamedTuple):
+    synsets: dict[str, Synset]
+    """noun synsets by offset"""
+    first_sense: dict[str, str]
+    """lemma -> offset of its most frequent noun sense"""
+    tagged: dict[str, int]
+    """lemma -> how many of its senses were seen in the sense-tagged corpus (a frequency proxy)"""
+    other_pos: dict[str, int]
+    """lemma -> the same count for its verb, adjective and adverb senses (a noun mostly used as
+    another part of speech, like "over" or "can", is left out of the categories)"""
+
+
+class Category(NamedTuple):
+    name: str
+    """the synset's first lemma, e.g. "musical instrument" """
+    lexfile: str
+    """WordNet lexicographer file of the synset (a coarse family)"""
+    words: frozenset[str]
+    """member words (lower case; proper nouns keep their capital), plurals included"""
+    seen: tuple[str, ...]
+    """members that occur in the counted text, most frequent first"""
+
+
+def read_wordnet(root: str | Path = WORDNET_DIR) -> WordNet | None:
+    """The noun part of WordNet under `root`, or None when its files are not there."""
+    root = Path(root)
+    if not (root / "data.noun").is_file() or not (root / "index.noun").is_file():
+        return None
+    synsets: dict[str, Synset] = {}
+    for line in open(root / "data.noun", encoding="utf-8", errors="replace"):
+        if line.startswith("  "):  # licence header
+            continue
+        head, _, gloss = line.partition(" | ")
+        f = head.split()
+        n = int(f[3], 16)
+        lemmas = tuple(re.sub(r"\(.*\)$", "", f[4 + 2 * i]) for i in range(n))
+        p = 4 + 2 * n
+        n_ptr = int(f[p])
+        ptrs = [f[p + 1 + 4 * i : p + 5 + 4 * i] for i in range(n_ptr)]
+        up = tuple(off for sym, off, pos, _ in ptrs if sym in ("@", "@i") and pos == "n")
+        synsets[f[0]] = Synset(LEXFILES.get(int(f[1]), f[1]), lemmas, up, gloss.strip())
+    first, tagged = {}, {}
+    for line in open(root / "index.noun", encoding="utf-8", errors="replace"):
+        if line.startswith("  "):
+            continue
+        f = line.split()
+        n_syn, n_ptr = int(f[2]), int(f[3])
+        offs = f[4 + n_ptr + 2 :]
+        first[f[0]] = offs[0]
+        tagged[f[0]] = int(f[4 + n_ptr + 1])
+        assert len(offs) == n_syn, line
+    other: dict[str, int] = {}
+    for pos in ("verb", "adj", "adv"):
+        if (root / f"index.{pos}").is_file():
+            for line in open(root / f"index.{pos}", encoding="utf-8", errors="replace"):
+                if not line.startswith("  "):
+                    f = line.split()
+                    other[f[0]] = other.get(f[0], 0) + int(f[4 + int(f[3]) + 1])
+    return WordNet(synsets, first, tagged, other)
+
+
+def plural(w: str) -> str:
+    if re.search(r"(s|x|z|ch|sh)$", w):
+        return w + "es"
+    if re.search(r"[^aeiou]y$", w):
+        return w[:-1] + "ies"
+    return w + "s"
+
+
+def members(wn: WordNet) -> dict[str, set[str]]:
+    """Synset offset -> the single-word lemmas whose most frequent sense lies under it (itself included)."""
+    out: dict[str, set[str]] = {}
+    for off, syn in wn.synsets.items():
+        for lemma in syn.lemmas:
+            key = lemma.lower()
+            if (not re.fullmatch(r"[A-Za-z]{3,}", lemma) or wn.first_sense.get(key) != off
+                    or wn.other_pos.get(key, 0) >= max(1, wn.tagged.get(key, 0))):
+                continue
+            seen, todo = set(), [off]
+            while todo:
+                o = todo.pop()
+                if o in seen:
+                    continue
+                seen.add(o)
+                out.setdefault(o, set()).add(lemma)
+                todo += wn.synsets[o].up if o in wn.synsets else ()
+    return out
+
+
+def word_counts(texts: Iterable[str]) -> Counter:
+    """How often each word (a run of letters) occurs."""
+    c: Counter = Counter()
+    for t in texts:
+        c.update(re.findall(r"[A-Za-z]+", t))
+    return c
+
+
+def categories(wn: WordNet, counts: Counter, exclude: Iterable[str] = (), exclude_lexfiles: Iterable[str] = (),
+               min_seen: int = 6, max_seen: int = 80, max_words: int = 800, min_count: int = 30,
+               max_share: float = 0.02, max_overlap: float = 0.25,
+               max_excluded: float = 0.2, limit: int = 80) -> list[Category]:
+    """Categories worth a rule, most distinct members seen in the text first.
+
+    exclude: words no category may hold (removed; a category losing more than `max_excluded` of its
+    seen members is dropped: it is the excluded concept). exclude_lexfiles: lexicographer files skipped.
+    A category needs `min_seen`..`max_seen` distinct members in `counts` (at most `max_words` in all), `min_count` occurrences, at most
+    `max_share` of all words, a head word that is common (seen in WordNet's tagged corpus), and at
+    most `max_overlap` Jaccard overlap (of seen members) with any category picked before it."""
+    low = Counter()
+    for w, n in counts.items():
+        low[w.lower()] += n
+    total = sum(counts.values())
+    excl = {w.lower() for w in exclude}
+    skip = set(exclude_lexfiles)
+    cands = []
+    for off, lemmas in members(wn).items():
+        syn = wn.synsets[off]
+        head = syn.lemmas[0]
+        if syn.lexfile in skip or not re.fullmatch(r"[a-z_]+", head) or wn.tagged.get(head, 0) < 1:
+            continue
+        words = set()
+        for w in lemmas:
+            proper = w[:1].isupper()
+            words |= {w} if proper else {w.lower(), plural(w.lower())}
+        seen_all = [w for w in words if (counts[w] if w[:1].isupper() else low[w]) > 0]
+        dropped = [w for w in seen_all if w.lower() in excl]
+        seen = sorted(set(seen_all) - set(dropped), key=lambda w: -(counts[w] if w[:1].isupper() else low[w]))
+        n = sum(counts[w] if w[:1].isupper() else low[w] for w in seen)
+        if (not min_seen <= len(seen) <= max_seen or len(words) > max_words or n < min_count or n > max_share * total
+                or len(dropped) > max_excluded * max(1, len(seen_all))):
+            continue
+        words = frozenset(w for w in words if w.lower() not in excl)
+        cands.append(Category(head.replace("_", " "), syn.lexfile, words, tuple(seen)))
+    cands.sort(key=lambda c: (-len(c.seen), c.name))
+    picked: list[Category] = []
+    for c in cands:
+        s = set(c.seen)
+        if c.name in {p.name for p in picked}:
+            continue
+        if all(len(s & set(p.seen)) / len(s | set(p.seen)) <= max_overlap for p in picked):
+            picked.append(c)
+        if len(picked) == limit:
+            break
+    return picked
+
+
+def example_sentences(wn: WordNet) -> list[str]:
+    """The quoted usage examples in the noun glosses (natural sentences, one per string)."""
+    out = []
+    for syn in wn.synsets.values():
+        for m in re.findall(r'"([^"]{20,200})"', syn.gloss):
+            out.append(m.strip())
+    return out

@@ -15,7 +15,8 @@ Stages, each checkpointed under --out (a rerun skips what is done):
   3. windows   latents that are alive and neither too dense nor too sparse on the pool, split by --seed
                into TRAIN and TEST halves; per latent --top top-activating windows of 32 tokens, --low
                windows where it fires weakly and --random random ones (mostly zero) -> out/windows.jsonl
-  4. explain   per (simulator, explainer) pair, keyed by adapter folder name + weights hash: the best-of-k
+  4. explain   per (simulator, explainer) pair, keyed by adapter folder name + weights hash (and a hash
+               of explainer.py, simulator.py and formats.py, whose changes also change the results): the best-of-k
                explanation of each of the first --n-test TEST latents (and --n-train TRAIN latents) by
                the trained explainer (k = --k-explain), selected by the trained simulator
                (formats.explain_one: it splits the windows into explain / select / test parts itself)
@@ -160,6 +161,13 @@ def adapter_key(path: str | None, which: str) -> tuple[Path, str]:
     h = hashlib.sha256((d / "adapter.safetensors").read_bytes()).hexdigest()[:8]
     name = "shipped" if not path else d.name if d.name not in ("final", which) else f"{d.parent.name}/{d.name}"
     return d, f"{name}@{h}"
+
+
+def code_key() -> str:
+    """Hash of the scorers' code (explainer, simulator, formats): a change there also makes new explanations."""
+    src = Path(DEFAULT_DIR).parent
+    return hashlib.sha256(b"".join((src / f).read_bytes() for f in ("explainer.py", "simulator.py", "formats.py"))
+                          ).hexdigest()[:8]
 
 
 def top_tokens(wins: list[dict], n: int = 6) -> list[str]:
@@ -350,7 +358,9 @@ def main() -> None:
     # ---- explanations, per adapter pair ---------------------------------------------------------------
     sim_dir, sim_key = adapter_key(args.simulator, "simulator")
     ex_dir, ex_key = adapter_key(args.explainer, "explainer")
-    run = state.setdefault("runs", {}).setdefault(f"sim={sim_key} ex={ex_key}", {})
+    run_key = f"sim={sim_key} ex={ex_key} code={code_key()}"
+    print(f"[explain] run {run_key}", flush=True)
+    run = state.setdefault("runs", {}).setdefault(run_key, {})
     sim = TrainedSimulator.load(s, sim_dir)
     ex = TrainedExplainer.load(s, ex_dir)
     found = run.setdefault("found", {})
@@ -428,7 +438,7 @@ def main() -> None:
                  "split": {"test": state["windows"]["test"], "train": state["windows"]["train"]},
                  "explained": {"test": len(test_ids), "train": len(explained)},
                  "no_explanation": [lat for lat in test_ids if not found.get(str(lat), {}).get("explanation")]},
-        simulator=sim_key, explainer=ex_key, k=args.k_explain, controls=args.controls,
+        simulator=sim_key, explainer=ex_key, scorer_code=run_key.split("code=")[1], k=args.k_explain, controls=args.controls,
         validity={x: v[x] for x in ("auroc", "mean_true_r", "mean_control_r", "n_true", "n_controls", "undefined")},
         baseline_subset={"latents": [f["id"] for f in sub], "windows": args.prompt_windows, "controls": 3,
                          **{n: {x: run[f"subset_{n}"][x] for x in ("auroc", "mean_true_r", "mean_control_r",

@@ -172,7 +172,8 @@ def main() -> None:
                                                                           "recovery")} for k, r in rec.items()}},
         throughput=thr,
         sae_latents="benchmarks/results/autointerp_latents.json (benchmarks/autointerp_latents.py)",
-        targets={"validity>=0.90": (v["auroc"] or 0) >= 0.9, "recovery>=0.80": (mean_rec or 0) >= 0.8,
+        targets={"validity>=0.90": (v["auroc"] or 0) >= 0.9,
+                 "recovery>=0.80 (mean ratio capped at 1)": (recovery_summary(rec)["mean_ratio_capped"] or 0) >= 0.8,
                  "throughput>=10x": thr["speedup"] >= 10},
         state=state,
     )

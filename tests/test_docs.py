@@ -76,7 +76,7 @@ def test_readme_python_runs_as_written(i, tmp_path):
 def test_readme_numbers_agree_with_benchmark_results():
     """Each number the README quotes, rebuilt from benchmarks/results/*.json: a rerun that changes one fails here."""
     res = {n: json.loads((ROOT / "benchmarks" / "results" / f"{n}.json").read_text())
-           for n in ("capture", "sae", "autointerp", "autointerp_trained", "oracle")}
+           for n in ("capture", "sae", "autointerp", "autointerp_trained", "autointerp_latents", "oracle")}
     tr = res["autointerp_trained"]
     cap, sae, ai, orc = res["capture"]["ratios"], res["sae"], res["autointerp"], res["oracle"]
     ov = orc["heldout"]["overall"]
@@ -93,7 +93,8 @@ def test_readme_numbers_agree_with_benchmark_results():
         f"validity AUROC {tr['validity_heldout_auroc']:.2f} on rule families it never saw",
         f"{tr['validity_seen_newtext_auroc']:.2f} on trained families read in new text",
         f"(prompted: {tr['validity_subset']['prompted']:.2f} on the same held-out subset)",
-        f"{tr['throughput']['speedup']:.1f}x the prompted pipeline's features per CPU-minute",
+        f"{tr['throughput']['speedup']:.1f}x the prompted\n  pipeline's features per CPU-minute",
+        f"{res['autointerp_latents']['validity']['auroc']:.2f} on latents of an SAE of the default model",
         f"held-out AUROC {ov['oracle']['auroc']:.2f} against {ov['untrained']['auroc']:.2f} for untrained injection",
         f"{ov['text']['auroc']:.2f} for the text-only control",
         f"{ov['probe']['auroc']:.2f} for a linear probe",

@@ -94,25 +94,30 @@ def layer_of(name: str) -> int:
     return int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
 
 
-def load_lora(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> torch.nn.Module:
-    """A copy of `base` with the adapter in adapter_dir: merged (plain model) or, if trainable, a peft model."""
+def copy_lora_weights(model: torch.nn.Module, w_path: str | Path, base_model: str = "another model") -> None:
+    """Copy the LoRA tensors saved at w_path (save_lora) into the same-named parameters of a peft model."""
     from safetensors.torch import load_file
 
+    state = load_file(str(w_path))
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise DataError(f"{w_path}: {len(missing)} tensors do not fit this model (e.g. {missing[0]}); "
+                        f"was it trained on {base_model}?")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].dtype))
+
+
+def load_lora(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> torch.nn.Module:
+    """A copy of `base` with the adapter in adapter_dir: merged (plain model) or, if trainable, a peft model."""
     adapter_dir = Path(adapter_dir)
     cfg_path, w_path = adapter_dir / "adapter.json", adapter_dir / "adapter.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise DataError(f"{adapter_dir} holds no adapter (needs adapter.json and adapter.safetensors)")
     config = json.loads(cfg_path.read_text())
     model = add_lora_for(copy.deepcopy(base), config)
-    state = load_file(str(w_path))
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise DataError(f"{w_path}: {len(missing)} tensors do not fit this model (e.g. {missing[0]}); "
-                        f"was it trained on {config.get('base_model', 'another model')}?")
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t.to(params[n].dtype))
+    copy_lora_weights(model, w_path, config.get("base_model", "another model"))
     if trainable:
         return model
     merged = model.merge_and_unload()

@@ -26,7 +26,7 @@ import torch
 
 from ..io import atomic_write_bytes, atomic_write_json, jsonl_objects, write_jsonl
 from ..metrics import auroc, pearson
-from ..adapters import add_lora_for, lora_state, save_lora
+from ..adapters import add_lora_for, copy_lora_weights, lora_state, save_lora
 from .simulator import Encoder, TrainedSimulator, value_logits, value_token_ids
 
 
@@ -186,20 +186,11 @@ def train(cfg: TrainConfig, subject) -> Path:
             "task": cfg.task, "base_model": cfg.base_model or subject.name}
     model = add_lora_for(subject.model, lcfg)
     if cfg.init:
-        from safetensors.torch import load_file
-
         init = json.loads((Path(cfg.init) / "adapter.json").read_text())
         if (init["rank"], init["first_layer"]) != (cfg.rank, cfg.first_layer):
             raise ValueError(f"--init {cfg.init}: rank {init['rank']}, first layer {init['first_layer']}; "
                              f"this run has rank {cfg.rank}, first layer {cfg.first_layer}")
-        state = load_file(str(Path(cfg.init) / "adapter.safetensors"))
-        own = dict(model.named_parameters())
-        missing = [n for n in state if n not in own]
-        if missing:
-            raise ValueError(f"--init {cfg.init}: tensors this model lacks, e.g. {missing[:2]}")
-        with torch.no_grad():
-            for n, t in state.items():
-                own[n].copy_(t.to(own[n].dtype))
+        copy_lora_weights(model, Path(cfg.init) / "adapter.safetensors", init.get("base_model", "another model"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     enc = Encoder(subject.tokenizer)

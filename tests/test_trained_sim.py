@@ -59,6 +59,28 @@ def test_word_lists_read_relation_files(tmp_path):
     assert "Atlantis" not in R.word_lists()["countries"]
 
 
+def test_listed_rules_fire_on_the_named_words_only():
+    counts = {"war": 40, "War": 5, "Iraq": 30, "France": 30, "Japan": 30, "table": 10, "of": 90, "x": 50, "rare": 1}
+    rs = R.listed_rules(counts, 60, seed=1, capped={"Iraq", "France", "Japan"}, symbol_share=0.2)
+    assert len(rs) == 60 and {r.family for r in rs} == {"lists"} and len({r.name for r in rs}) == 60
+    toks = ["The", " war", " in", " Iraq", " (", "France", ")", " tables", " of", " x", " rare", " W", "ar"]
+    for r in rs:
+        v = r.values(toks)
+        if r.name.startswith("list_sym_"):
+            named = {t for t in toks if t.strip() in r.explanations[0].removeprefix("the tokens ").replace(",", " ").split()}
+            assert set(np.flatnonzero(v)) == {i for i, t in enumerate(toks) if t in named}
+            continue
+        assert r.explanations[0].startswith("words like ")
+        named = {w.strip('",').lower() for w in r.explanations[0][len("words like "):].replace(" or ", ", ").split(", ")}
+        assert named <= {"war", "iraq", "france", "japan", "table", "of"}  # "x" is one letter, "rare" too rare
+        assert len(named & {"iraq", "france", "japan"}) <= 1  # a capped list never spells out a category
+        want = {i for i, t in enumerate(toks) if t.strip().lower() in named}
+        if "war" in named:
+            want |= {11, 12}  # " W" + "ar" is one word, War: every token of it
+        assert set(np.flatnonzero(v)) == want  # "tables" is another word: not marked for "table"
+    assert any(r.name.startswith("list_sym_") for r in rs) and any(len(r.explanations[0].split(",")) > 1 for r in rs)
+
+
 # ---- the expected-value readout -------------------------------------------------------------------------
 def test_expected_value_readout_equals_manual_computation(tiny):
     sim = TrainedSimulator(tiny.model, tiny.tokenizer)
@@ -179,7 +201,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     subj = tiny_llama(seed=3)
     bc = BuildConfig(n_pydoc=30, train_lines_per_rule=1, windows_per_feature=4, window=16, max_tokens=64,
-                     wordnet_dir=str(mini_wordnet(root / "wn")), wordnet_texts=4)
+                     wordnet_dir=str(mini_wordnet(root / "wn")), wordnet_texts=4, list_rules=4, list_lines_per_rule=1)
     build_trainset(root / "data", subj.tokenizer, None, bc)
     cfg = TrainConfig(data=str(root / "data"), out=str(root / "sim"), steps=3, batch=2, crop=12, eval_every=2,
                       eval_windows=2, eval_controls=1, first_layer=2, checkpoint_s=0.0)
@@ -195,6 +217,9 @@ def test_trainset_holds_out_whole_families(trained):
     train_fams = {json.loads(ln)["family"] for ln in (root / "data" / "train.jsonl").read_text().splitlines()}
     held = {json.loads(ln)["family"] for ln in (root / "data" / "heldout.jsonl").read_text().splitlines()}
     assert held and train_fams and not (held & train_fams)
+    assert "lists" in train_fams  # listed-word rules are training rules only
+    seen = {json.loads(ln)["family"] for ln in (root / "data" / "seen_newtext.jsonl").read_text().splitlines()}
+    assert "lists" not in seen
 
 
 def test_training_windows_carry_a_contrast_rule_of_another_family(trained):
@@ -207,6 +232,9 @@ def test_training_windows_carry_a_contrast_rule_of_another_family(trained):
     for ln in lines:
         for w in ln["windows"]:
             c = w["contrast"]
+            if c["rule"] not in rules:  # a listed-word rule
+                assert c["rule"].startswith("list_") and ln["family"] != "lists"
+                continue
             other = rules[c["rule"]]
             assert other.family != ln["family"] and c["explanations"] == list(other.explanations)
             assert len(c["values"]) == len(w["tokens"]) and max(c["values"]) <= c["scale"]

@@ -1,6 +1,8 @@
 """Validity of several simulator adapters on the benchmark's sets (the same calls as
 benchmarks/autointerp.py part (a)): held-out families (one line per rule, and both lines), training
-families on held-out text. Used for the stage-1 / stage-2 / same-steps-without-WordNet comparison.
+families on held-out text; and, as a larger and phrasing-robust set, every phrasing of every held-out
+rule on both of its lines (each phrasing against the same controls), with a per-family breakdown.
+Used for the stage-1 / stage-2 / same-steps-without-WordNet and the listed-word comparisons.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python research/autointerp/compare_adapters.py --data runs/simdata3 \
         --out research/autointerp/adapter_comparison.json NAME=DIR [NAME=DIR ...]
@@ -10,12 +12,14 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
 from metalens import load_subject
 from metalens.autointerp.simulator import TrainedSimulator
 from metalens.autointerp.train import first_per_rule, validity
 from metalens.io import atomic_write_json, jsonl_objects
+from metalens.metrics import auroc
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
@@ -30,6 +34,7 @@ seen = [o for _, o in jsonl_objects(f"{a.data}/seen_newtext.jsonl")]
 pool = [(f["family"], f["explanation"]) for f in held + seen]
 fs = first_per_rule(seen)
 seen_sub = fs[:: max(1, len(fs) // 20)][:20]
+phrasings = [{**f, "id": f"{f['id']}#{i}", "explanation": e} for f in all_held for i, e in enumerate(f["explanations"])]
 out = {"date": time.strftime("%Y-%m-%d"), "data": a.data, "adapters": {}}
 for spec in a.adapters:
     name, path = spec.split("=", 1)
@@ -39,6 +44,16 @@ for spec in a.adapters:
                                ("seen_newtext", seen_sub, 6, 3)):
         v = validity(sim, feats, pool, nw, nc, seed=0)
         row[key] = {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
+    v = validity(sim, phrasings, pool, None, 5, seed=0)
+    row["heldout_phrasings"] = {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
+    fam = {f["id"]: (f["family"], f["rule"]) for f in phrasings}
+    for group, key in (("per_family", 0), ("per_rule", 1)):
+        row[group] = {}
+        for g in sorted({x[key] for x in fam.values()}):
+            pf = [r for i, r in v["per_feature"].items() if fam[i][key] == g and r["true"] is not None]
+            pos, neg = [r["true"] for r in pf], [c for r in pf for c in r["controls"].values() if c is not None]
+            row[group][g] = {"auroc": auroc(pos + neg, [1] * len(pos) + [0] * len(neg)) if pos and neg else None,
+                             "mean_true_r": float(np.mean(pos)) if pos else None}
     out["adapters"][name] = row
-    print(name, {k: round(row[k]["auroc"], 3) for k in ("heldout", "heldout_all", "seen_newtext")}, flush=True)
+    print(name, {k: round(row[k]["auroc"], 3) for k in ("heldout", "heldout_all", "seen_newtext", "heldout_phrasings")}, flush=True)
 atomic_write_json(a.out, out)

@@ -342,3 +342,65 @@ def category_rules(cats) -> list[Rule]:
 
 FAMILIES = ("places", "food", "nature", "time", "objects", "sentiment", "grammar", "morphology", "orthography",
             "context", "graded", "compound")
+
+
+LIST_SYMBOLS = tuple(",.;:()\"'-?!/=[]{}*%$#&+<>_")
+"""the non-word tokens a listed-token rule may name"""
+
+
+def _listed(items: Sequence[str], last: str) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+def listed_rules(counts: dict[str, int], n: int, seed: int = 0, capped: Sequence[str] = (), max_capped: int = 1,
+                 symbol_share: float = 0.15, min_count: int = 3) -> list[Rule]:
+    """`n` rules that fire on a few words named in the explanation ("words like war, Iraq or voted"), or,
+    for `symbol_share` of them, a few symbols ("the tokens ( or ;"), in the family "lists".
+
+    The words are drawn from `counts` (word -> count in the training text, e.g. wordnet.word_counts)
+    with probability proportional to sqrt(count), so frequent words are named too; words of `capped`
+    (e.g. the held-out families' lists) appear at most `max_capped` times in one rule, so that no list
+    spells out a category. These rules teach the simulator to read which tokens an explanation names:
+    without them a token that is frequent in the training text but covered by no rule is always 0 in
+    training and is never predicted, even when an explanation names it. The first phrasing is the
+    explainer's examples phrase (explainer.examples_phrase)."""
+    rng = np.random.default_rng([seed, 5])
+    forms: dict[str, tuple[str, int]] = {}  # lower-case word -> (its most frequent surface form, total count)
+    for w, c in counts.items():
+        if len(w) < 2 or not w.isalpha():
+            continue
+        k = w.lower()
+        best, tot = forms.get(k, (w, 0))
+        forms[k] = (w if c > counts.get(best, 0) else best, tot + c)
+    keys = sorted(k for k, (_, c) in forms.items() if c >= min_count)
+    if not keys:
+        return []
+    p = np.sqrt([forms[k][1] for k in keys])
+    p /= p.sum()
+    cap = {w.lower() for w in capped}
+    out = []
+    for i in range(n):
+        size = int(rng.choice([1, 2, 3, 4], p=[0.25, 0.3, 0.3, 0.15]))
+        if rng.random() < symbol_share:
+            syms = [str(s) for s in rng.choice(LIST_SYMBOLS, size=min(size, 3), replace=False)]
+            names = _listed(syms, "or")
+            out.append(Rule(f"list_sym_{i}", "lists", (f"the tokens {names}", f"the symbols {_listed(syms, 'and')}",
+                                                         f"tokens that are {names}"),
+                            char_rule(lambda s, ss=frozenset(syms): s in ss)))
+            continue
+        picked: list[str] = []
+        for k in rng.choice(len(keys), size=4 * size + 8, p=p):
+            w = keys[int(k)]
+            if w in picked or (w in cap and sum(x in cap for x in picked) >= max_capped):
+                continue
+            picked.append(w)
+            if len(picked) == size:
+                break
+        shown = [forms[w][0] for w in picked]
+        if len(shown) == 1:
+            ex = (f"words like {shown[0]}", f"the word {shown[0]}", f'"{shown[0]}"', f"mentions of {shown[0]}")
+        else:
+            ex = (f"words like {_listed(shown, 'or')}", f"the words {_listed(shown, 'and')}",
+                  _listed([f'"{w}"' for w in shown], "or"), f"mentions of {_listed(shown, 'or')}")
+        out.append(Rule(f"list_{i}", "lists", ex, in_list(set(picked))))
+    return out

@@ -22,7 +22,10 @@ examples of WordNet's glosses, when Debian's wordnet-base is installed) for trai
 With WordNet present the training rules also get one rule per WordNet noun category picked from
 the training text (wordnet.categories, families "wn_<lexicographer file>"); categories of the
 held-out families' concepts (animals, body, locations, peoples and languages) and the held-out word
-lists themselves are excluded. `data_dir` is the root holding `classification_datasets/`; without it
+lists themselves are excluded. With `list_rules`, the training rules also get rules that fire on a
+few words (or symbols) the explanation names (rules.listed_rules, family "lists"); such a rule may
+name one word of the held-out lists (a token of an unseen concept is then positive in training
+under an explanation that names it, never under one that names its category). `data_dir` is the root holding `classification_datasets/`; without it
 only pydoc, WordNet and the hand-written sentences are used (and the built-in word lists).
 """
 
@@ -36,7 +39,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import Rule, category_rules, make_rules, word_lists
+from .rules import Rule, category_rules, listed_rules, make_rules, word_lists
 from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
 
@@ -86,6 +89,12 @@ class BuildConfig:
     """WordNet category rules added to the training families"""
     contrast: bool = True
     """give every training window a second rule's values (see module doc)"""
+    list_rules: int = 0
+    """listed-word rules added to the training families (rules.listed_rules, family "lists")"""
+    list_lines_per_rule: int = 6
+    """feature lines per listed-word rule"""
+    list_heldout_words: bool = True
+    """may a listed-word rule name (at most) one word of the held-out families' lists"""
 
 
 def _csv_column(path: Path, column: str) -> list[str]:
@@ -212,6 +221,15 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         cats = [c for c in wnet.categories(wn, seen_words, held_words, WN_SKIP_LEXFILES, limit=cfg.wordnet_categories + 20)
                 if c.name not in WN_SKIP_NAMES][: cfg.wordnet_categories]
         extra = category_rules(cats)
+    lines_per = {}
+    if cfg.list_rules:
+        counts = wnet.word_counts(t for s in TRAIN_SOURCES for t in srcs[s])
+        held_words = set().union(*(lists[k] for k in HELD_LISTS))
+        if not cfg.list_heldout_words:
+            counts = {w: c for w, c in counts.items() if w.lower() not in {h.lower() for h in held_words}}
+        lists_ = listed_rules(counts, cfg.list_rules, cfg.seed, capped=held_words)
+        extra += lists_
+        lines_per = {r.name: cfg.list_lines_per_rule for r in lists_}
     train_texts = tokenize(tokenizer, [t for s in TRAIN_SOURCES for t in srcs[s]], cfg.max_tokens)
     test_texts = tokenize(tokenizer, [t for s in TEST_SOURCES for t in srcs[s]], cfg.max_tokens)
     plan = {
@@ -232,7 +250,7 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         lines = []
         for r in rs:
             foreign = [act[o.name] for o in rs if o.family != r.family and len(act[o.name])] if noise else []
-            lines += feature_lines(r, wins[r.name], n, cfg, rng, name[:5], noise, foreign, pool)
+            lines += feature_lines(r, wins[r.name], lines_per.get(r.name, n), cfg, rng, name[:5], noise, foreign, pool)
         if name == "train.jsonl":
             rng.shuffle(lines)
         write_jsonl(path, lines)

@@ -214,19 +214,19 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
     rules = list(rules) if rules is not None else make_rules(lists)
     wn = wnet.read_wordnet(cfg.wordnet_dir) if cfg.wordnet_dir else None
     srcs = text_sources(data_dir, cfg.n_pydoc, wn, cfg.wordnet_texts)
-    extra: list[Rule] = []  # WordNet categories: training families only
+    extra: list[Rule] = []  # WordNet categories and listed words: training families only
+    seen_words = wnet.word_counts(t for s in TRAIN_SOURCES for t in srcs[s])
+    held_words = set().union(*(lists[k] for k in HELD_LISTS))
     if wn is not None and cfg.wordnet_categories:
-        seen_words = wnet.word_counts(t for s in TRAIN_SOURCES for t in srcs[s])
-        held_words = set().union(*(lists[k] for k in HELD_LISTS))
         cats = [c for c in wnet.categories(wn, seen_words, held_words, WN_SKIP_LEXFILES, limit=cfg.wordnet_categories + 20)
                 if c.name not in WN_SKIP_NAMES][: cfg.wordnet_categories]
         extra = category_rules(cats)
     lines_per = {}
     if cfg.list_rules:
-        counts = wnet.word_counts(t for s in TRAIN_SOURCES for t in srcs[s])
-        held_words = set().union(*(lists[k] for k in HELD_LISTS))
+        counts = seen_words
         if not cfg.list_heldout_words:
-            counts = {w: c for w, c in counts.items() if w.lower() not in {h.lower() for h in held_words}}
+            held_low = {h.lower() for h in held_words}
+            counts = {w: c for w, c in counts.items() if w.lower() not in held_low}
         lists_ = listed_rules(counts, cfg.list_rules, cfg.seed, capped=held_words)
         extra += lists_
         lines_per = {r.name: cfg.list_lines_per_rule for r in lists_}

@@ -282,6 +282,15 @@ def test_train_save_load_simulate_and_resume(trained):
     with pytest.raises(ValueError, match="rank"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(root / "init2"), "init": str(final), "rank": 4}),
               tiny_llama(seed=3))
+    # a run may train more layers than its init (the new ones start at zero B), never fewer
+    deeper = train(TrainConfig(**{**cfg.__dict__, "out": str(root / "init3"), "init": str(final), "steps": 0,
+                                  "eval_every": 0, "first_layer": 1}), tiny_llama(seed=3))
+    c = load_file(str(deeper / "adapter.safetensors"))
+    assert set(a) < set(c) and all(torch.equal(a[k], c[k]) for k in a)
+    assert all(not c[k].any() for k in set(c) - set(a) if "lora_B" in k)
+    with pytest.raises(ValueError, match="first layer"):
+        train(TrainConfig(**{**cfg.__dict__, "out": str(root / "init4"), "init": str(final), "first_layer": 3}),
+              tiny_llama(seed=3))
 
 
 def test_trained_explainer_explains_and_selects(trained):

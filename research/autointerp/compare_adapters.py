@@ -45,19 +45,18 @@ for f in all_held:
     if phrase:  # a rule's own line is its family for the controls: other rules' lists are the foils
         listed.append({**f, "family": f["family"] + "/" + f["rule"], "explanation": phrase, "windows": f["windows"][6:]})
 listed_pool = [(f["family"], f["explanation"]) for f in listed]
+KEYS = ("auroc", "mean_true_r", "mean_control_r", "undefined")  # kept of each validity() result
 out = {"date": time.strftime("%Y-%m-%d"), "data": a.data, "adapters": {}}
 for spec in a.adapters:
     name, path = spec.split("=", 1)
     sim = TrainedSimulator.load(s, path)
     row = {"dir": path, "steps": json.load(open(f"{path}/adapter.json")).get("steps")}
-    for key, feats, nw, nc in (("heldout", held, None, 5), ("heldout_all", all_held, None, 5),
-                               ("seen_newtext", seen_sub, 6, 3)):
-        v = validity(sim, feats, pool, nw, nc, seed=0)
-        row[key] = {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
-    v = validity(sim, listed, listed_pool, None, 5, seed=0)
-    row["heldout_listed"] = {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
-    v = validity(sim, phrasings, pool, None, 5, seed=0)
-    row["heldout_phrasings"] = {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
+    for key, feats, foils, nw, nc in (("heldout", held, pool, None, 5), ("heldout_all", all_held, pool, None, 5),
+                                      ("seen_newtext", seen_sub, pool, 6, 3), ("heldout_listed", listed, listed_pool, None, 5),
+                                      ("heldout_phrasings", phrasings, pool, None, 5)):
+        v = validity(sim, feats, foils, nw, nc, seed=0)
+        row[key] = {k: v[k] for k in KEYS}
+    # v is the phrasings set's: broken down per family and per rule
     fam = {f["id"]: (f["family"], f["rule"]) for f in phrasings}
     for group, key in (("per_family", 0), ("per_rule", 1)):
         row[group] = {}

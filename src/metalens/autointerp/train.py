@@ -69,8 +69,8 @@ class TrainConfig:
     base_model: str = ""
     """name of the subject model (recorded)"""
     init: str = ""
-    """adapter folder to start from (a finished run's final/ or a shipped adapter; same rank, its first
-    layer at or above this run's: layers it lacks start at zero LoRA B); "" = zero LoRA B"""
+    """adapter folder to start from (a finished run's final/ or a shipped adapter; same rank and alpha, its
+    first layer at or above this run's: layers it lacks start at zero LoRA B); "" = zero LoRA B"""
     contrast: bool = True
     """simulator: also train on the contrast rule of each window (trainset's module doc)"""
 
@@ -191,7 +191,8 @@ def train(cfg: TrainConfig, subject) -> Path:
         if (init["rank"], init["alpha"]) != (cfg.rank, cfg.alpha) or init["first_layer"] < cfg.first_layer:
             raise ValueError(f"--init {cfg.init}: rank {init['rank']}, alpha {init['alpha']}, first layer "
                              f"{init['first_layer']}; this run has rank {cfg.rank}, alpha {cfg.alpha}, first layer "
-                             f"{cfg.first_layer} (rank and alpha must match; the run may train more layers than the adapter, never fewer)")
+                             f"{cfg.first_layer} (rank and alpha must match; the run may train more layers than the "
+                             f"adapter, never fewer)")
         copy_lora_weights(model, Path(cfg.init) / "adapter.safetensors", init.get("base_model", "another model"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

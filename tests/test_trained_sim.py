@@ -293,6 +293,48 @@ def test_train_save_load_simulate_and_resume(trained):
               tiny_llama(seed=3))
 
 
+def test_parse_examples_by_hand():
+    from metalens.autointerp.simulator import parse_examples, with_examples
+
+    assert parse_examples(" USA, Canada, usa, UK.\nExamples of x: a, b") == ["USA", "Canada", "UK"]
+    assert parse_examples(" dog, cat, bird, fish, mouse, rabbit", n=3) == ["dog", "cat", "bird"]
+    assert parse_examples(' "The capital of France is Paris"') == []  # a quote, not a list
+    assert parse_examples(" 12") == []  # one item is not a list
+    assert with_examples("animals", ["dog", "cat"]) == "animals (dog, cat)" and with_examples("x", []) == "x"
+
+
+def test_example_texts_batched_equal_one_at_a_time():
+    from metalens.autointerp.simulator import example_texts
+
+    base = tiny_llama(seed=3)
+    es = ["months", "names of countries", "a"]
+    one = [example_texts(base.model, base.tokenizer, [e], max_tokens=6)[0] for e in es]
+    assert example_texts(base.model, base.tokenizer, es, max_tokens=6) == one
+    assert any(one)
+
+
+def test_train_with_examples_writes_them_and_the_adapter_reads_with_them(trained):
+    from metalens.autointerp.simulator import example_words, with_examples
+    from metalens.autointerp.train import TrainConfig, load_windows, train
+
+    root, _, _, cfg = trained
+    final = train(TrainConfig(**{**cfg.__dict__, "out": str(root / "simex"), "examples": 0.5, "steps": 2}),
+                  tiny_llama(seed=3))
+    ex = json.loads((root / "data" / "examples.json").read_text())
+    assert {e for d in load_windows(root / "data" / "train.jsonl") for e in d[0]} <= set(ex)
+    assert json.loads((final / "adapter.json").read_text())["examples"] is True
+    base = tiny_llama(seed=3)
+    sim = TrainedSimulator.load(base, final)
+    assert sim.name.endswith("+examples")
+    words = ["May", "June"]
+    sim.examples["months"] = words  # the cache: read as "months (May, June)"
+    plain = TrainedSimulator.load(base, final, examples=False)
+    np.testing.assert_allclose(sim.simulate("months", [["in", " May"]])[0],
+                               plain.simulate(with_examples("months", words), [["in", " May"]])[0])
+    sim.simulate("names of countries", [["in", " May"]])  # a miss is written by the base model
+    assert sim.examples["names of countries"] == example_words(base.model, base.tokenizer, ["names of countries"])[0]
+
+
 def test_trained_explainer_explains_and_selects(trained):
     from metalens.autointerp.explainer import TrainedExplainer, explainer_prompt, Shown, select
 

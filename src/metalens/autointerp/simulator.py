@@ -8,6 +8,12 @@
                        each explanation's prompt run once and its cache shared by its windows
     PromptSimulator    the prompted few-shot simulator of simulate.py on any LLM (local or endpoint)
 
+With examples on (an adapter trained with them says so in its adapter.json), the trained simulator
+reads "<explanation> (<examples>)": the examples are what the *base* subject model writes after
+"Examples of <explanation>:" (few-shot, greedy, `example_words`), once per explanation and cached.
+They bring the model's own knowledge of a category's members ("names of countries" -> USA, Canada,
+Germany) into the one forward pass; true and foreign explanations are expanded alike.
+
 Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
 split gives several sub-tokens, an empty one none) and its value is read at its LAST sub-token (an
 empty string reads at the position before it), so predictions align one for one with the strings.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -30,6 +37,11 @@ from .llm import LLM
 N_VALUES = 11  # values 0..10
 PROMPT_FORMAT = "Explanation: {explanation}\nText:"
 DEFAULT_DIR = Path(__file__).parent / "default"
+EXAMPLES_PROMPT = ("Examples of fruits: apple, banana, orange, grape, pear\n"
+                   "Examples of tools: hammer, saw, drill, wrench, pliers\n"
+                   "Examples of colours: red, blue, green, yellow, white\n"
+                   "Examples of {explanation}:")
+N_EXAMPLES = 5  # examples kept per explanation
 
 
 class Simulator(Protocol):
@@ -179,20 +191,82 @@ def shared_prefix_value_logits(model: torch.nn.Module, prefixes: Sequence[Sequen
     return out
 
 
-class TrainedSimulator:
-    """A trained simulator: a subject model with a simulator adapter merged in."""
+def parse_examples(text: str, n: int = N_EXAMPLES) -> list[str]:
+    """The first n distinct comma-separated items of a continuation's first line; [] when fewer than
+    two items look like words (the continuation is a sentence or a quote, not a list)."""
+    items: list[str] = []
+    for w in text.split("\n")[0].split(","):
+        w = w.strip().strip(".")
+        if w and re.fullmatch(r"[\w' -]{1,30}", w) and w.lower() not in {x.lower() for x in items}:
+            items.append(w)
+    return items[:n] if len(items) >= 2 else []
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", batch_size: int = 8):
+
+@torch.no_grad()
+def example_texts(model: torch.nn.Module, tokenizer, explanations: Sequence[str], max_tokens: int = 20,
+                  batch_size: int = 16) -> list[str]:
+    """What `model` writes after EXAMPLES_PROMPT, per explanation: greedy, batched with left padding
+    (the same text as one prompt at a time)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dev = next(model.parameters()).device
+    out: list[str] = []
+    for b in range(0, len(explanations), batch_size):
+        ids = [tokenizer(EXAMPLES_PROMPT.format(explanation=e), add_special_tokens=False)["input_ids"]
+               for e in explanations[b : b + batch_size]]
+        width = max(map(len, ids))
+        x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=dev)  # [b, width]
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=dev)
+        gen = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                             pad_token_id=pad, temperature=None, top_p=None, top_k=None)  # [b, width + new]
+        out += [tokenizer.decode(g[width:], skip_special_tokens=True) for g in gen]
+    return out
+
+
+def example_words(model: torch.nn.Module, tokenizer, explanations: Sequence[str], n: int = N_EXAMPLES) -> list[list[str]]:
+    """The base model's examples of each explanation (`example_texts` read by `parse_examples`)."""
+    return [parse_examples(t, n) for t in example_texts(model, tokenizer, explanations)]
+
+
+def with_examples(explanation: str, examples: Sequence[str]) -> str:
+    """The explanation as the simulator reads it with examples: "<explanation> (a, b, c)"."""
+    return f"{explanation} ({', '.join(examples)})" if examples else explanation
+
+
+class TrainedSimulator:
+    """A trained simulator: a subject model with a simulator adapter merged in. With `examples` (a dict
+    explanation -> example words, filled from `expander`, the base model, for explanations it lacks),
+    every explanation is read as with_examples(explanation, its examples)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", batch_size: int = 8,
+                 examples: dict[str, list[str]] | None = None, expander: torch.nn.Module | None = None):
         self.model, self.name, self.batch_size = model, name, batch_size
+        self.tokenizer, self.examples, self.expander = tokenizer, examples, expander
         self.encoder = Encoder(tokenizer)
         self.value_ids = value_token_ids(tokenizer)
 
     @classmethod
-    def load(cls, subject: Subject, adapter_dir: str | Path | None = None, batch_size: int = 8) -> "TrainedSimulator":
-        """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy."""
+    def load(cls, subject: Subject, adapter_dir: str | Path | None = None, batch_size: int = 8,
+             examples: bool | None = None) -> "TrainedSimulator":
+        """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy.
+        examples: read explanations with the base model's examples (None: as the adapter was trained)."""
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "simulator"
         model = load_lora(subject.model, adapter_dir)
-        return cls(model, subject.tokenizer, f"trained:{adapter_dir.name}", batch_size)
+        if examples is None:
+            examples = bool(json.loads((adapter_dir / "adapter.json").read_text()).get("examples", False))
+        name = f"trained:{adapter_dir.name}" + ("+examples" if examples else "")
+        return cls(model, subject.tokenizer, name, batch_size, {} if examples else None,
+                   subject.model if examples else None)
+
+    def read_as(self, explanations: Sequence[str]) -> list[str]:
+        """The explanations as the simulator reads them (with their examples when those are on)."""
+        if self.examples is None:
+            return list(explanations)
+        missing = sorted({e for e in explanations if e not in self.examples})
+        if missing:
+            if self.expander is None:
+                raise DataError(f"no examples for {missing[0]!r} and no base model to write them")
+            self.examples.update(zip(missing, example_words(self.expander, self.tokenizer, missing)))
+        return [with_examples(e, self.examples[e]) for e in explanations]
 
     def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return self.simulate_many([explanation], windows)[0]
@@ -201,6 +275,7 @@ class TrainedSimulator:
     def simulate_many(self, explanations: Sequence[str], windows: Sequence[Sequence[str]]) -> list[list[np.ndarray]]:
         """`simulate(e, windows)` for every e, batched: each explanation's prompt runs once and is shared by
         its windows, windows of several explanations share a batch, rows are sorted by length (less padding)."""
+        explanations = self.read_as(explanations)
         wins = [self.encoder.window(w) for w in windows]
         out: list[list[np.ndarray]] = [[np.zeros(0)] * len(wins) for _ in explanations]
         group = max(1, self.batch_size)

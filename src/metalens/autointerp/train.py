@@ -27,7 +27,7 @@ import torch
 from ..io import atomic_write_bytes, atomic_write_json, jsonl_objects, write_jsonl
 from ..metrics import auroc, pearson
 from ..adapters import add_lora_for, copy_lora_weights, lora_state, save_lora
-from .simulator import Encoder, TrainedSimulator, value_logits, value_token_ids
+from .simulator import Encoder, TrainedSimulator, example_words, value_logits, value_token_ids, with_examples
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class TrainConfig:
     first layer at or above this run's: layers it lacks start at zero LoRA B); "" = zero LoRA B"""
     contrast: bool = True
     """simulator: also train on the contrast rule of each window (trainset's module doc)"""
+    examples: float = 0.0
+    """simulator: share of training rows whose explanation is read with the base model's examples
+    (simulator.py's module doc; written once to data/examples.json); > 0 makes the adapter read
+    explanations with examples (its adapter.json says "examples": true) and the curve evaluates so"""
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -166,14 +170,34 @@ def load_checkpoint(model, opt: torch.optim.Optimizer, path: Path) -> dict:
     return state
 
 
+def example_map(model, tokenizer, explanations: Sequence[str], path: str | Path, chunk: int = 64) -> dict[str, list[str]]:
+    """Base-model examples (simulator.example_words) of every explanation, kept in `path` (JSON):
+    those already there are reused, the rest are written `chunk` at a time (an interrupted run
+    resumes)."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    ex = json.loads(path.read_text()) if path.exists() else {}
+    todo = sorted(set(explanations) - set(ex))
+    for b in tqdm(range(0, len(todo), chunk), desc="examples", disable=not todo):
+        ex.update(zip(todo[b : b + chunk], example_words(model, tokenizer, todo[b : b + chunk])))
+        atomic_write_json(path, ex)
+    return ex
+
+
 # ---- training ---------------------------------------------------------------------------------------
-def sim_batch(enc: Encoder, data, idx, rng, crop: int) -> tuple:
-    """A batch of (random phrasing, random crop of the window) and the crops' target bins."""
+def sim_batch(enc: Encoder, data, idx, rng, crop: int, examples: dict[str, list[str]] | None = None,
+              share: float = 0.0) -> tuple:
+    """A batch of (random phrasing, random crop of the window) and the crops' target bins; with
+    `share` > 0, that share of the rows reads its phrasing with its examples."""
     rows, targets = [], []
     for i in idx:
         expls, toks, b = data[i]
         s = int(rng.integers(0, max(1, len(toks) - crop + 1)))
-        rows.append((expls[rng.integers(len(expls))], toks[s : s + crop]))
+        e = expls[rng.integers(len(expls))]
+        if share > 0 and rng.random() < share:
+            e = with_examples(e, examples[e])
+        rows.append((e, toks[s : s + crop]))
         targets.append(b[s : s + crop])
     return enc.batch(rows), torch.from_numpy(np.concatenate(targets))
 
@@ -185,6 +209,21 @@ def train(cfg: TrainConfig, subject) -> Path:
     ckpt = out / "ckpt"
     lcfg = {"rank": cfg.rank, "alpha": cfg.alpha, "first_layer": cfg.first_layer, "seed": cfg.seed,
             "task": cfg.task, "base_model": cfg.base_model or subject.name}
+    if cfg.task == "simulator":
+        data = load_windows(Path(cfg.data) / "train.jsonl", cfg.contrast)
+        held = [o for _, o in jsonl_objects(Path(cfg.data) / "heldout.jsonl")]
+        seen = [o for _, o in jsonl_objects(Path(cfg.data) / "seen_newtext.jsonl")]
+        pool = [(f["family"], f["explanation"]) for f in held + seen]
+        held_eval = first_per_rule(held)
+        examples = None
+        if cfg.examples > 0:  # before the LoRA goes in: the examples are the base model's
+            lcfg["examples"] = True
+            examples = example_map(subject.model, subject.tokenizer, [e for d in data for e in d[0]] +
+                                   [e for _, e in pool], Path(cfg.data) / "examples.json")
+    else:
+        from .explainer import load_explainer_data
+
+        data = load_explainer_data(Path(cfg.data) / "train.jsonl")
     model = add_lora_for(subject.model, lcfg)
     if cfg.init:
         init = json.loads((Path(cfg.init) / "adapter.json").read_text())
@@ -207,22 +246,12 @@ def train(cfg: TrainConfig, subject) -> Path:
         step = st["step"]
         curve = [obj for _, obj in jsonl_objects(out / "curve.jsonl")] if (out / "curve.jsonl").exists() else []
         curve = [c for c in curve if c["step"] <= step]
-    if cfg.task == "simulator":
-        data = load_windows(Path(cfg.data) / "train.jsonl", cfg.contrast)
-        held = [o for _, o in jsonl_objects(Path(cfg.data) / "heldout.jsonl")]
-        seen = [o for _, o in jsonl_objects(Path(cfg.data) / "seen_newtext.jsonl")]
-        pool = [(f["family"], f["explanation"]) for f in held + seen]
-        held_eval = first_per_rule(held)
-    else:
-        from .explainer import load_explainer_data
-
-        data = load_explainer_data(Path(cfg.data) / "train.jsonl")
     atomic_write_json(out / "config.json", asdict(cfg))
     last_ckpt, t0, ema = time.time(), time.time(), None
 
     def evaluate() -> dict:
         model.eval()
-        sim = TrainedSimulator(model, subject.tokenizer, "training")
+        sim = TrainedSimulator(model, subject.tokenizer, "training", examples=examples)
         v = validity(sim, held_eval, pool, cfg.eval_windows, cfg.eval_controls, seed=1)
         model.train()
         return {k: v[k] for k in ("auroc", "mean_true_r", "mean_control_r", "undefined")}
@@ -237,7 +266,7 @@ def train(cfg: TrainConfig, subject) -> Path:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         if cfg.task == "simulator":
-            batch, target = sim_batch(enc, data, idx, rng, cfg.crop)
+            batch, target = sim_batch(enc, data, idx, rng, cfg.crop, examples, cfg.examples)
             logits = torch.cat(value_logits(model, batch, value_ids))  # [n_tokens, 11]
             loss = torch.nn.functional.cross_entropy(logits.float(), target)
         else:
@@ -279,6 +308,7 @@ def export_checkpoint(run: str | Path, dest: str | Path) -> Path:
     atomic_write_bytes(dest / "adapter.safetensors", save(tensors))
     atomic_write_json(dest / "adapter.json", {"rank": cfg["rank"], "alpha": cfg["alpha"], "first_layer": cfg["first_layer"],
                                               "seed": cfg["seed"], "task": cfg["task"], "base_model": cfg["base_model"],
+                                              **({"examples": True} if cfg.get("examples", 0) > 0 else {}),
                                               "steps": state["step"], "train_config": cfg})
     return dest
 
@@ -291,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for f in ("rank", "alpha", "first_layer", "warmup", "batch", "crop", "steps", "eval_every", "eval_windows", "seed"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(TrainConfig, f))
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--examples", type=float, default=TrainConfig.examples,
+                    help="simulator: share of rows read with the base model's examples")
     ap.add_argument("--checkpoint-s", type=float, default=TrainConfig.checkpoint_s)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init", default="", help="adapter folder to start from")
@@ -303,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = TrainConfig(data=a.data, out=a.out, task=a.task, rank=a.rank, alpha=a.alpha, first_layer=a.first_layer,
                       lr=a.lr, warmup=a.warmup, batch=a.batch, crop=a.crop, steps=a.steps, checkpoint_s=a.checkpoint_s,
                       eval_every=a.eval_every, eval_windows=a.eval_windows, seed=a.seed, base_model=subject.name,
-                      init=a.init, contrast=not a.no_contrast)
+                      init=a.init, contrast=not a.no_contrast, examples=a.examples)
     print(train(cfg, subject))
 
 

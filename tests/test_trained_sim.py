@@ -528,7 +528,7 @@ def test_shipped_adapters_on_the_default_model(real):
     months = sim.simulate("months of the year", [toks])[0]
     punct = sim.simulate("punctuation", [toks])[0]
     others = np.delete(months, [3, 7])
-    assert months[[3, 7]].min() > 2 and months[[3, 7]].min() > 10 * others.max()  # January, May; nothing else
+    assert months[[3, 7]].min() > 1 and months[[3, 7]].min() > 10 * others.max()  # January, May; nothing else
     assert punct[8] > punct[3] and punct[8] > punct[7]  # the full stop, not the months
     found = explainer_from("default", real).explain([(toks, [0, 0, 0, 1, 0, 0, 0, 1, 0])], k=3)
     assert found and any("month" in f.lower() for f in found)

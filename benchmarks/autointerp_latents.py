@@ -156,11 +156,13 @@ def token_list_explanation(wins: list[dict], n: int = 3) -> str | None:
 
 
 def adapter_key(path: str | None, which: str) -> tuple[Path, str]:
-    """(folder, "name@hash8"): the hash of its weights, so two runs of the same name do not collide."""
+    """(folder, "name@hash8"): the hash of its weights, so two runs of the same name do not collide; "+examples"
+    when its adapter.json makes the simulator read explanations with examples (the same weights read otherwise)."""
     d = Path(path) if path else DEFAULT_DIR / which
     h = hashlib.sha256((d / "adapter.safetensors").read_bytes()).hexdigest()[:8]
     name = "shipped" if not path else d.name if d.name not in ("final", which) else f"{d.parent.name}/{d.name}"
-    return d, f"{name}@{h}"
+    examples = "+examples" if json.loads((d / "adapter.json").read_text()).get("examples") else ""
+    return d, f"{name}{examples}@{h}"
 
 
 def code_key() -> str:

@@ -127,6 +127,31 @@ def test_simulate_many_equals_one_full_row_per_window(tiny):
     assert [len(p) for p in many[0]] == [len(w) for w in wins]
 
 
+def test_long_windows_are_read_in_pieces_each_after_its_context(tiny):
+    from metalens.autointerp.simulator import value_logits, expected_values
+
+    whole = TrainedSimulator(tiny.model, tiny.tokenizer)
+    sim = TrainedSimulator(tiny.model, tiny.tokenizer, batch_size=2, piece=3, piece_context=2)
+    win = ["We", " met", "", " in", " May", " and", " June", "."]  # 8 strings: pieces start at 0, 3, 6
+    got = sim.simulate_many(["months", "x"], [win, ["a", "b"]])
+    assert [len(p) for p in got[0]] == [8, 2]
+    for start in (0, 3, 6):  # each piece as its own window, after the 2 strings before it
+        lo = max(0, start - 2)
+        ref = whole.simulate("months", [win[lo : start + 3]])[0][start - lo :]
+        np.testing.assert_allclose(got[0][0][start : start + 3], ref, atol=1e-5)
+    np.testing.assert_allclose(got[1][1], whole.simulate("x", [["a", "b"]])[0], atol=1e-5)  # short: whole
+    assert not np.allclose(got[0][0], whole.simulate("months", [win])[0], atol=1e-5)  # pieces see less context
+
+
+def test_explanations_that_name_their_examples_are_read_as_they_are():
+    from metalens.autointerp.simulator import with_examples
+
+    assert with_examples("names of countries", ["USA", "UK"]) == "names of countries (USA, UK)"
+    for e in ("words like Vietnam or Russia", "the word car", 'the tokens ( or ;', '"May" or "June"',
+              "fruits (apple, pear)"):
+        assert with_examples(e, ["USA", "UK"]) == e
+
+
 def test_select_simulates_each_distinct_candidate_once(tiny):
     from metalens.autointerp.explainer import select, simulation_r
 

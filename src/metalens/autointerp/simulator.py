@@ -14,7 +14,7 @@ reads "<explanation> (<examples>)": the examples are what the *base* subject mod
 They bring the model's own knowledge of a category's members ("names of countries" -> USA, Canada,
 Germany) into the one forward pass; true and foreign explanations are expanded alike.
 
-Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
+With `piece` on, a long window is read in pieces (PIECE, PIECE_CONTEXT below). Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
 split gives several sub-tokens, an empty one none) and its value is read at its LAST sub-token (an
 empty string reads at the position before it), so predictions align one for one with the strings.
 """
@@ -42,6 +42,12 @@ EXAMPLES_PROMPT = ("Examples of fruits: apple, banana, orange, grape, pear\n"
                    "Examples of colours: red, blue, green, yellow, white\n"
                    "Examples of {explanation}:")
 N_EXAMPLES = 5  # examples kept per explanation
+PIECE, PIECE_CONTEXT = 16, 8
+"""the measured setting of `load(..., piece=PIECE, piece_context=PIECE_CONTEXT)`: a window longer than
+PIECE strings is read in pieces of PIECE, each after the PIECE_CONTEXT strings before it (read, not
+reported), so no row is longer than the 24-token crops the simulator was trained on
+(train.TrainConfig.crop). Off by default: it raised validity a little and lowered explainer recovery
+(research/autointerp-trained-scorers.md)"""
 
 
 class Simulator(Protocol):
@@ -227,9 +233,15 @@ def example_words(model: torch.nn.Module, tokenizer, explanations: Sequence[str]
     return [parse_examples(t, n) for t in example_texts(model, tokenizer, explanations)]
 
 
+NAMES_EXAMPLES = re.compile(r"^\s*(words like|the words?|the tokens?|the symbols?|tokens that are)\b|[\"“(]", re.I)
+"""an explanation that already names its examples ("words like A or B", "the tokens ( or ;", quotes, a
+parenthesis) is read as it is: the base model's examples of a list are a guess at what the list means"""
+
+
 def with_examples(explanation: str, examples: Sequence[str]) -> str:
-    """The explanation as the simulator reads it with examples: "<explanation> (a, b, c)"."""
-    return f"{explanation} ({', '.join(examples)})" if examples else explanation
+    """The explanation as the simulator reads it with examples: "<explanation> (a, b, c)"; as it is when
+    it names its own (NAMES_EXAMPLES) or has none."""
+    return f"{explanation} ({', '.join(examples)})" if examples and not NAMES_EXAMPLES.search(explanation) else explanation
 
 
 class TrainedSimulator:
@@ -238,35 +250,38 @@ class TrainedSimulator:
     every explanation is read as with_examples(explanation, its examples)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", batch_size: int = 8,
-                 examples: dict[str, list[str]] | None = None, expander: torch.nn.Module | None = None):
+                 examples: dict[str, list[str]] | None = None, expander: torch.nn.Module | None = None,
+                 piece: int = 0, piece_context: int = 0):
         self.model, self.name, self.batch_size = model, name, batch_size
+        self.piece, self.piece_context = piece, piece_context
         self.tokenizer, self.examples, self.expander = tokenizer, examples, expander
         self.encoder = Encoder(tokenizer)
         self.value_ids = value_token_ids(tokenizer)
 
     @classmethod
     def load(cls, subject: Subject, adapter_dir: str | Path | None = None, batch_size: int = 8,
-             examples: bool | None = None) -> "TrainedSimulator":
+             examples: bool | None = None, piece: int = 0, piece_context: int = 0) -> "TrainedSimulator":
         """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy.
-        examples: read explanations with the base model's examples (None: as the adapter was trained)."""
+        examples: read explanations with the base model's examples (None: as the adapter was trained);
+        piece, piece_context: windows longer than `piece` strings are read in pieces (0: whole)."""
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "simulator"
         model = load_lora(subject.model, adapter_dir)
         if examples is None:
             examples = bool(json.loads((adapter_dir / "adapter.json").read_text()).get("examples", False))
-        name = f"trained:{adapter_dir.name}" + ("+examples" if examples else "")
+        name = f"trained:{adapter_dir.name}" + ("+examples" if examples else "") + (f"+pieces{piece}/{piece_context}" if piece else "")
         return cls(model, subject.tokenizer, name, batch_size, {} if examples else None,
-                   subject.model if examples else None)
+                   subject.model if examples else None, piece, piece_context)
 
     def read_as(self, explanations: Sequence[str]) -> list[str]:
         """The explanations as the simulator reads them (with their examples when those are on)."""
         if self.examples is None:
             return list(explanations)
-        missing = sorted({e for e in explanations if e not in self.examples})
+        missing = sorted({e for e in explanations if e not in self.examples and not NAMES_EXAMPLES.search(e)})
         if missing:
             if self.expander is None:
                 raise DataError(f"no examples for {missing[0]!r} and no base model to write them")
             self.examples.update(zip(missing, example_words(self.expander, self.tokenizer, missing)))
-        return [with_examples(e, self.examples[e]) for e in explanations]
+        return [with_examples(e, self.examples.get(e, [])) for e in explanations]
 
     def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return self.simulate_many([explanation], windows)[0]
@@ -276,8 +291,15 @@ class TrainedSimulator:
         """`simulate(e, windows)` for every e, batched: each explanation's prompt runs once and is shared by
         its windows, windows of several explanations share a batch, rows are sorted by length (less padding)."""
         explanations = self.read_as(explanations)
-        wins = [self.encoder.window(w) for w in windows]
-        out: list[list[np.ndarray]] = [[np.zeros(0)] * len(wins) for _ in explanations]
+        wins, owner = [], []  # the rows' (ids, reads) and, per row, (window index, its first string)
+        for j, w in enumerate(windows):
+            for start in (range(0, len(w), self.piece) if self.piece and len(w) > self.piece else [0]):
+                lo = max(0, start - self.piece_context) if self.piece else 0
+                stop = start + self.piece if self.piece and len(w) > self.piece else len(w)
+                ids, reads = self.encoder.window(w[lo:stop])
+                wins.append((ids, reads[start - lo :]))
+                owner.append((j, start))
+        out: list[list[np.ndarray]] = [[np.zeros(0)] * len(windows) for _ in explanations]
         group = max(1, self.batch_size)
         for g in range(0, len(explanations), group):
             prefixes = [self.encoder.prefix(e) for e in explanations[g : g + group]]
@@ -285,8 +307,12 @@ class TrainedSimulator:
                           key=lambda pj: len(wins[pj[1]][0]))
             logits = shared_prefix_value_logits(self.model, prefixes, [(p, *wins[j]) for p, j in rows],
                                                 self.value_ids, self.encoder.pad, self.batch_size)
+            parts: dict[tuple[int, int], dict[int, np.ndarray]] = {}
             for (p, j), lg in zip(rows, logits):
-                out[g + p][j] = expected_values(lg).cpu().numpy().astype(np.float64)
+                w, start = owner[j]
+                parts.setdefault((p, w), {})[start] = expected_values(lg).cpu().numpy().astype(np.float64)
+            for (p, w), got in parts.items():
+                out[g + p][w] = np.concatenate([got[s] for s in sorted(got)])
         return out
 
 

@@ -14,13 +14,12 @@ Each latent line is written `--repeat` times (the rule data has ~77k windows, th
 """
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from metalens.autointerp.explainer import examples_phrase
 from metalens.autointerp.formats import split_windows
-from metalens.io import jsonl_objects, write_jsonl
+from metalens.io import atomic_write_json, jsonl_objects, write_jsonl
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rules", required=True, help="rule trainset folder (trainset.build_trainset)")
@@ -49,6 +48,6 @@ lines += latent_lines * a.repeat
 write_jsonl(out / "train.jsonl", lines)
 for f in ("heldout.jsonl", "seen_newtext.jsonl", "meta.json"):
     shutil.copy(rules / f, out / f)
-(out / "latents.json").write_text(json.dumps({"rule_lines": n_rules, "latent_lines": len(latent_lines),
-                                              "repeat": a.repeat, "latents_from": str(lat)}, indent=1))
+atomic_write_json(out / "latents.json", {"rule_lines": n_rules, "latent_lines": len(latent_lines),
+                                         "repeat": a.repeat, "latents_from": str(lat)})
 print(f"{n_rules} rule lines + {len(latent_lines)} latent lines x {a.repeat} -> {out / 'train.jsonl'}")

@@ -14,9 +14,10 @@ reads "<explanation> (<examples>)": the examples are what the *base* subject mod
 They bring the model's own knowledge of a category's members ("names of countries" -> USA, Canada,
 Germany) into the one forward pass; true and foreign explanations are expanded alike.
 
-With `piece` on, a long window is read in pieces (PIECE, PIECE_CONTEXT below). Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
+Window tokens arrive as strings. Each string is re-tokenised on its own (a string the tokenizer would
 split gives several sub-tokens, an empty one none) and its value is read at its LAST sub-token (an
 empty string reads at the position before it), so predictions align one for one with the strings.
+With `piece` on, a long window is read in pieces (PIECE, PIECE_CONTEXT below).
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ class TrainedSimulator:
         model = load_lora(subject.model, adapter_dir)
         if examples is None:
             examples = bool(json.loads((adapter_dir / "adapter.json").read_text()).get("examples", False))
-        name = f"trained:{adapter_dir.name}" + ("+examples" if examples else "") + (f"+pieces{piece}/{piece_context}" if piece else "")
+        name = (f"trained:{adapter_dir.name}" + ("+examples" if examples else "")
+                + (f"+pieces{piece}/{piece_context}" if piece else ""))
         return cls(model, subject.tokenizer, name, batch_size, {} if examples else None,
                    subject.model if examples else None, piece, piece_context)
 
@@ -293,13 +295,13 @@ class TrainedSimulator:
         explanations = self.read_as(explanations)
         wins, owner = [], []  # the rows' (ids, reads) and, per row, (window index, its first string)
         for j, w in enumerate(windows):
-            for start in (range(0, len(w), self.piece) if self.piece and len(w) > self.piece else [0]):
-                lo = max(0, start - self.piece_context) if self.piece else 0
-                stop = start + self.piece if self.piece and len(w) > self.piece else len(w)
-                ids, reads = self.encoder.window(w[lo:stop])
+            step = self.piece if 0 < self.piece < len(w) else max(len(w), 1)  # one row unless w is long
+            for start in range(0, max(len(w), 1), step):
+                lo = max(0, start - self.piece_context)
+                ids, reads = self.encoder.window(w[lo : start + step])
                 wins.append((ids, reads[start - lo :]))
                 owner.append((j, start))
-        out: list[list[np.ndarray]] = [[np.zeros(0)] * len(windows) for _ in explanations]
+        out = [[np.zeros(len(w)) for w in windows] for _ in explanations]
         group = max(1, self.batch_size)
         for g in range(0, len(explanations), group):
             prefixes = [self.encoder.prefix(e) for e in explanations[g : g + group]]
@@ -307,12 +309,9 @@ class TrainedSimulator:
                           key=lambda pj: len(wins[pj[1]][0]))
             logits = shared_prefix_value_logits(self.model, prefixes, [(p, *wins[j]) for p, j in rows],
                                                 self.value_ids, self.encoder.pad, self.batch_size)
-            parts: dict[tuple[int, int], dict[int, np.ndarray]] = {}
             for (p, j), lg in zip(rows, logits):
                 w, start = owner[j]
-                parts.setdefault((p, w), {})[start] = expected_values(lg).cpu().numpy().astype(np.float64)
-            for (p, w), got in parts.items():
-                out[g + p][w] = np.concatenate([got[s] for s in sorted(got)])
+                out[g + p][w][start : start + len(lg)] = expected_values(lg).cpu().numpy()
         return out
 
 

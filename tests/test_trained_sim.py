@@ -338,6 +338,29 @@ def test_example_texts_batched_equal_one_at_a_time():
     assert any(one)
 
 
+def test_example_texts_stop_at_the_first_newline_with_the_same_first_line():
+    from metalens.autointerp.simulator import EXAMPLES_PROMPT, example_texts
+
+    base = tiny_llama(seed=4)
+    tok, m = base.tokenizer, base.model
+    nl = tok("\n", add_special_tokens=False)["input_ids"][-1]
+    w = m.get_output_embeddings().weight.detach().clone()  # untie the head, then point its newline row
+    m.lm_head, m.config.tie_word_embeddings = torch.nn.Linear(w.shape[1], w.shape[0], bias=False), False
+    ids = tok(EXAMPLES_PROMPT.format(explanation="a"), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # along a last hidden state, so the random model writes newlines now and then
+        h = m.model(ids).last_hidden_state[0, -1]
+        w[nl] = h / h.norm() ** 2 * (w @ h).max()
+        m.lm_head.weight.copy_(w)
+    es = ["months", "names of countries", "a", "tools", "verbs"]
+    full = []
+    for e in es:  # plain greedy generate, no stop: the reference
+        ids = tok(EXAMPLES_PROMPT.format(explanation=e), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        g = base.model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        full.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True))
+    assert any("\n" in f and f.split("\n")[0] for f in full)  # some row writes a line, then goes on
+    assert example_texts(base.model, tok, es, max_tokens=12) == [f.split("\n")[0] for f in full]
+
+
 def test_train_with_examples_writes_them_and_the_adapter_reads_with_them(trained):
     from metalens.autointerp.simulator import example_words, with_examples
     from metalens.autointerp.train import TrainConfig, load_windows, train
@@ -470,7 +493,8 @@ def test_explain_format_splits_and_scores(tiny, tmp_path):
                                      {"id": "f2", "windows": [{"tokens": ["a"], "values": [0]}]}])
     out = explain_file(f, FixedExplainer(), sim, k=2)
     assert out[0]["split"] == split_windows([(w["tokens"], w["values"]) for w in wins])
-    assert out[0]["split"]["explain"] == [0, 1, 4, 5] and out[0]["split"]["test"] == [3, 7]
+    # ranked activating windows 0..4 go explain, select, test in turn; then the quiet ones 5..7
+    assert out[0]["split"] == {"explain": [0, 3, 5], "select": [1, 4, 6], "test": [2, 7]}
     assert out[0]["explanation"] in ("months", "colours") and len(out[0]["candidates"]) == 2
     assert out[1]["explanation"] is None and out[1]["score"] is None and "no window" in out[1]["reason"]
     with pytest.raises(DataError, match="e2.jsonl:1: .*values"):
@@ -557,3 +581,12 @@ def test_shipped_adapters_on_the_default_model(real):
     assert punct[8] > punct[3] and punct[8] > punct[7]  # the full stop, not the months
     found = explainer_from("default", real).explain([(toks, [0, 0, 0, 1, 0, 0, 0, 1, 0])], k=3)
     assert found and any("month" in f.lower() for f in found)
+
+
+def test_split_gives_the_explainer_only_what_it_shows():
+    # 12 activating windows (window i peaks at 12 - i) and 5 quiet ones
+    wins = [(["a"], [12.0 - i]) for i in range(12)] + [(["b"], [0.0])] * 5
+    parts = split_windows(wins)
+    assert parts["explain"] == [0, 3, 6, 12]  # 3 activating in turn, then 1 quiet
+    assert parts["select"] == [1, 4, 7, 9, 11, 13, 15] and parts["test"] == [2, 5, 8, 10, 14, 16]
+    assert sorted(sum(parts.values(), [])) == list(range(17))

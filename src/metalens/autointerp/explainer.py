@@ -25,6 +25,8 @@ from ..adapters import load_lora
 from .simulator import DEFAULT_DIR
 
 HEADER = "A feature of a language model fires on the tokens marked <<like this>>.\n"
+N_ACTIVE, N_QUIET = 3, 1
+"""activating and quiet windows the explainer prompt shows (formats.split_windows gives it no more)"""
 
 
 class Shown(NamedTuple):
@@ -43,7 +45,7 @@ def crop(tokens: Sequence[str], values: np.ndarray, span: int) -> tuple[list[str
     return list(tokens[s : s + span]), np.asarray(values[s : s + span])
 
 
-def explainer_prompt(windows: Sequence[Shown], n_active: int = 3, n_quiet: int = 1, span: int = 16,
+def explainer_prompt(windows: Sequence[Shown], n_active: int = N_ACTIVE, n_quiet: int = N_QUIET, span: int = 16,
                      mark: float = 0.3) -> str:
     """The prompt for a feature given its windows (values in any unit; compared to their max)."""
     top = max((float(np.max(w.values)) for w in windows if len(w.values)), default=0.0)

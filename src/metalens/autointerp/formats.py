@@ -7,9 +7,10 @@ explain:   {"id", "windows": [{"tokens": [str], "values": [float]}]}            
        ->  {"id", "explanation", "score", "candidates": [{"text", "select_r"}], "split", "reason"?}
 
 Explain splits a line's windows: activating windows (max above `threshold`) ranked by max go
-round-robin explain, explain, select, test; the others explain, select, test. The explainer reads
-the explain part, the simulator picks the best of k candidates on the select part, and `score` is
-the chosen explanation's r on the test part. `split` lists the window indices of each part.
+round-robin explain, select, test until explain holds the N_ACTIVE (3) the explainer shows, then
+select, test; the others likewise until explain holds N_QUIET (1). The explainer reads the explain
+part, the simulator picks the best of k candidates on the select part, and `score` is the chosen
+explanation's r on the test part. `split` lists the window indices of each part.
 Predictions align one for one with the given token strings (see simulator.py).
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 from ..errors import DataError
 from ..io import jsonl_objects
 from ..metrics import pearson, why_undefined
-from .explainer import select, simulation_r
+from .explainer import N_ACTIVE, N_QUIET, select, simulation_r
 
 
 def _windows(where: str, obj: dict, need_values: bool) -> list[tuple[list[str], list[float] | None]]:
@@ -91,10 +92,10 @@ def split_windows(wins: list, threshold: float = 0.0) -> dict[str, list[int]]:
     act = sorted([i for i, (_, v) in enumerate(wins) if max(v) > threshold], key=lambda i: -max(wins[i][1]))
     quiet = [i for i, (_, v) in enumerate(wins) if max(v) <= threshold]
     parts: dict[str, list[int]] = {"explain": [], "select": [], "test": []}
-    for j, i in enumerate(act):
-        parts[("explain", "explain", "select", "test")[j % 4]].append(i)
-    for j, i in enumerate(quiet):
-        parts[("explain", "select", "test")[j % 3]].append(i)
+    for group, n_explain in ((act, N_ACTIVE), (quiet, N_QUIET)):
+        for j, i in enumerate(group):  # explain, select, test in turn until explain has what it shows
+            part = ("explain", "select", "test")[j % 3] if j < 3 * n_explain else ("select", "test")[(j - 3 * n_explain) % 2]
+            parts[part].append(i)
     return {k: sorted(v) for k, v in parts.items()}
 
 

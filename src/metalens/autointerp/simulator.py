@@ -212,7 +212,8 @@ def parse_examples(text: str, n: int = N_EXAMPLES) -> list[str]:
 @torch.no_grad()
 def example_texts(model: torch.nn.Module, tokenizer, explanations: Sequence[str], max_tokens: int = 20,
                   batch_size: int = 16) -> list[str]:
-    """What `model` writes after EXAMPLES_PROMPT, per explanation: greedy, batched with left padding
+    """What `model` writes after EXAMPLES_PROMPT, per explanation, up to its first newline (all that
+    parse_examples reads; decoding stops once every row has one): greedy, batched with left padding
     (the same text as one prompt at a time)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dev = next(model.parameters()).device
@@ -224,8 +225,9 @@ def example_texts(model: torch.nn.Module, tokenizer, explanations: Sequence[str]
         x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=dev)  # [b, width]
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=dev)
         gen = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
-                             pad_token_id=pad, temperature=None, top_p=None, top_k=None)  # [b, width + new]
-        out += [tokenizer.decode(g[width:], skip_special_tokens=True) for g in gen]
+                             pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+                             stop_strings=["\n"], tokenizer=tokenizer)  # [b, width + new]
+        out += [tokenizer.decode(g[width:], skip_special_tokens=True).split("\n")[0] for g in gen]
     return out
 
 

@@ -401,6 +401,32 @@ def test_trained_explainer_explains_and_selects(trained):
     assert "words like May" not in TrainedExplainer.load(base, efinal, examples=False).explain(wins, k=3, max_tokens=6)
 
 
+def test_category_candidate_sits_before_the_examples_phrase(trained):
+    from metalens.autointerp.explainer import TrainedExplainer, category_phrase
+
+    _, _, efinal, _ = trained
+    base = tiny_llama(seed=3)
+    wins = [(["in", " May", " and", " June"], [0.0, 2.0, 0.0, 1.5]), (["the", " end"], [0.0, 0.0])]
+    ex = TrainedExplainer.load(base, efinal)
+    assert ex.namer is base.model  # the base model, not the merged copy, names the examples
+    name = category_phrase(base.model, base.tokenizer, ["May", "June"])
+    cands = ex.explain(wins, k=4, max_tokens=6)
+    assert len(cands) <= 4 and cands[-1] == "words like May or June"
+    assert (name is None) or (cands[-2] == name) or name.lower() in [c.lower() for c in cands[:-2]]
+    assert category_phrase(base.model, base.tokenizer, ["May"]) is None  # one word names no category
+    assert category_phrase(base.model, base.tokenizer, ["(", ")"]) is None
+    no_name = TrainedExplainer.load(base, efinal, category=False)
+    assert no_name.namer is None and no_name.explain(wins, k=4, max_tokens=6)[-1] == "words like May or June"
+
+
+def test_category_phrase_names_what_words_share_on_the_real_model(real):
+    from metalens.autointerp.explainer import category_phrase
+
+    assert category_phrase(real.model, real.tokenizer, ["car", "bus", "train"]) == "transportation"
+    assert category_phrase(real.model, real.tokenizer, ["mother", "brother", "uncle"]) == "family"
+    assert category_phrase(real.model, real.tokenizer, ["Vietnam", "Canada"]) is None  # it answers "Canada": a copy
+
+
 def test_examples_phrase_names_the_strongest_words_by_hand():
     from metalens.autointerp.explainer import examples_phrase
 
@@ -590,3 +616,28 @@ def test_split_gives_the_explainer_only_what_it_shows():
     assert parts["explain"] == [0, 3, 6, 12]  # 3 activating in turn, then 1 quiet
     assert parts["select"] == [1, 4, 7, 9, 11, 13, 15] and parts["test"] == [2, 5, 8, 10, 14, 16]
     assert sorted(sum(parts.values(), [])) == list(range(17))
+
+
+def test_examples_reading_scores_and_the_plain_reading_selects(trained):
+    from metalens.autointerp.explainer import simulation_r
+    from metalens.autointerp.formats import explain_one, split_windows
+
+    _, final, _, _ = trained
+    base = tiny_llama(seed=3)
+    sim = TrainedSimulator.load(base, final, examples=True)
+    assert sim.select_plain and sim.name.endswith("+examples/select-plain")
+    plain = sim.selector()
+    assert plain is sim.selector() and plain.examples is None and plain.model is sim.model
+    assert TrainedSimulator.load(base, final, examples=True, select_plain=False).selector().examples == {}
+    assert TrainedSimulator.load(base, final).selector().examples is None  # plain: selects itself
+    sim.examples.update({"months": ["May", "June"], "colours": ["red", "blue"]})  # no base-model writing
+    wins = [(["in", " May", " and", " June"], [0.0, float(v), 0.0, v / 2]) for v in (5, 4, 3, 2, 1, 6)]
+    wins += [(["the", " end", " of", " it"], [0.0] * 4)] * 4
+    row = explain_one("f", wins, FixedExplainer(), sim, k=2)
+    parts = split_windows(wins)
+    sel = [wins[i] for i in parts["select"]]
+    assert [c["select_r"] for c in row["candidates"]] == pytest.approx(
+        [simulation_r(plain, c, sel) for c in ("months", "colours")], abs=1e-4)
+    test = [wins[i] for i in parts["test"]]
+    assert row["score"] == pytest.approx(simulation_r(sim, row["explanation"], test), abs=1e-4)
+    assert abs(row["score"] - simulation_r(plain, row["explanation"], test)) > 1e-3  # the examples reading scores

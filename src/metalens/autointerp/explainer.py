@@ -13,6 +13,7 @@ task "explainer") to continue with one of the rule's phrasings and a newline.
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..io import jsonl_objects
 from ..metrics import pearson
 from .examples import show_token
 from ..adapters import load_lora
-from .simulator import DEFAULT_DIR
+from .simulator import DEFAULT_DIR, first_lines
 
 HEADER = "A feature of a language model fires on the tokens marked <<like this>>.\n"
 N_ACTIVE, N_QUIET = 3, 1
@@ -105,14 +106,13 @@ def clean(text: str) -> str | None:
     return line or None
 
 
-def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> str | None:
-    """An explanation that names the feature by its strongest examples: "words like A, B or C" (the
-    distinct words, or non-word tokens, whose value is above `mark` x the max, strongest first)."""
+def top_examples(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> list[str]:
+    """The distinct words (or non-word tokens) whose value is above `mark` x the max, strongest first."""
     from .synthetic import words
 
     top = max((float(np.max(v)) for _, v in windows if len(v)), default=0.0)
     if top <= 0:
-        return None
+        return []
     best: dict[str, float] = {}
     for toks, vals in windows:
         vals = np.asarray(vals, np.float64)
@@ -122,37 +122,74 @@ def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n:
             if v > mark * top and len(w) <= 24:
                 key = w if w[:1].isupper() and len(w) > 1 else w.lower()
                 best[key] = max(best.get(key, 0.0), v)
-    ex = sorted(best, key=lambda w: -best[w])[:n]
+    return sorted(best, key=lambda w: -best[w])[:n]
+
+
+def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> str | None:
+    """An explanation that names the feature by its strongest examples: "words like A, B or C"
+    (top_examples; "the tokens ..." when none is a word)."""
+    ex = top_examples(windows, n, mark)
     if not ex:
         return None
     listed = ex[0] if len(ex) == 1 else f"{', '.join(ex[:-1])} or {ex[-1]}"
     return f"words like {listed}" if any(w[:1].isalnum() for w in ex) else f"the tokens {listed}"
 
 
+CATEGORY_PROMPT = ("apple, banana, orange: fruits\n"
+                   "hammer, saw, drill: tools\n"
+                   "red, blue, green: colours\n"
+                   "tennis, football, golf: sports\n"
+                   "happy, angry, sad: emotions\n"
+                   "{words}:")
+"""few-shot prompt whose continuation names what the listed words have in common (training-family
+categories only in the shots)"""
+
+
+def category_phrase(model: torch.nn.Module, tokenizer, examples: Sequence[str], max_tokens: int = 8) -> str | None:
+    """What `model` (the base subject model) writes after CATEGORY_PROMPT for the examples: the category
+    they share ("heart, blood, hand" -> "body"), greedy, first line; None when there are fewer than two
+    word examples or the answer is not a short phrase, or is one of the examples."""
+    ex = [w for w in examples if w[:1].isalnum()]
+    if len(ex) < 2:
+        return None
+    text = first_lines(model, tokenizer, [CATEGORY_PROMPT.format(words=", ".join(ex))], max_tokens)[0]
+    text = text.strip().rstrip(".,;")
+    if not re.fullmatch(r"[A-Za-z][\w' -]{0,30}", text) or len(text.split()) > 4:
+        return None
+    return None if text.lower() in {w.lower() for w in ex} else text
+
+
 class TrainedExplainer:
     """A subject model with an explainer adapter merged in. With `examples`, one of the k candidates
-    is examples_phrase() of the windows (the best-of-k selection decides whether it wins)."""
+    is examples_phrase() of the windows; with `namer` (the base subject model) as well, one more is
+    category_phrase() of the same examples. The best-of-k selection decides whether they win."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", examples: bool = True):
-        self.model, self.tok, self.name, self.examples = model, tokenizer, name, examples
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", examples: bool = True,
+                 namer: torch.nn.Module | None = None):
+        self.model, self.tok, self.name, self.examples, self.namer = model, tokenizer, name, examples, namer
 
     @classmethod
-    def load(cls, subject, adapter_dir: str | Path | None = None, examples: bool = True) -> "TrainedExplainer":
+    def load(cls, subject, adapter_dir: str | Path | None = None, examples: bool = True,
+             category: bool = True) -> "TrainedExplainer":
+        """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy;
+        examples / category: add the examples phrase / the base model's name for its examples."""
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "explainer"
-        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}", examples)
+        return cls(load_lora(subject.model, adapter_dir), subject.tokenizer, f"trained:{adapter_dir.name}", examples,
+                   subject.model if examples and category else None)
 
     @torch.no_grad()
     def explain(self, windows: Sequence[tuple[Sequence[str], Sequence[float]]], k: int = 8, temperature: float = 0.7,
                 max_tokens: int = 16, seed: int = 0) -> list[str]:
         """Up to k distinct explanations (the greedy one first, then samples; with `examples`, the last
-        of the k is the examples phrase)."""
+        of the k is the examples phrase, and with `namer` the one before it is the category phrase)."""
         prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
         ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        phrase = examples_phrase(windows) if self.examples else None
-        n_gen = k - 1 if phrase and k > 1 else k
+        phrase = examples_phrase(windows) if self.examples and k > 1 else None
+        name = category_phrase(self.namer, self.tok, top_examples(windows)) if phrase and self.namer and k > 2 else None
+        extra = [e for e in (name, phrase) if e]
+        texts = generate_lines(self.model, self.tok, ids, k - len(extra), temperature, max_tokens, seed)
         found: list[str] = []
-        texts = generate_lines(self.model, self.tok, ids, n_gen, temperature, max_tokens, seed)
-        for text in texts + ([phrase] if n_gen < k else []):
+        for text in texts + extra:
             e = clean(text)
             if e and e.lower() not in {x.lower() for x in found}:
                 found.append(e)

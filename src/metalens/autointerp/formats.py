@@ -9,8 +9,8 @@ explain:   {"id", "windows": [{"tokens": [str], "values": [float]}]}            
 Explain splits a line's windows: activating windows (max above `threshold`) ranked by max go
 round-robin explain, select, test until explain holds the N_ACTIVE (3) the explainer shows, then
 select, test; the others likewise until explain holds N_QUIET (1). The explainer reads the explain
-part, the simulator picks the best of k candidates on the select part, and `score` is the chosen
-explanation's r on the test part. `split` lists the window indices of each part.
+part, the simulator (its `selector`, simulator.selector_of) picks the best of k candidates on the
+select part, and `score` is the chosen explanation's r on the test part. `split` lists the window indices of each part.
 Predictions align one for one with the given token strings (see simulator.py).
 """
 
@@ -26,6 +26,7 @@ from ..errors import DataError
 from ..io import jsonl_objects
 from ..metrics import pearson, why_undefined
 from .explainer import N_ACTIVE, N_QUIET, select, simulation_r
+from .simulator import selector_of
 
 
 def _windows(where: str, obj: dict, need_values: bool) -> list[tuple[list[str], list[float] | None]]:
@@ -108,7 +109,7 @@ def explain_one(fid, wins: list, explainer, simulator, k: int = 8, seed: int = 0
         row["reason"] = f"no window of this line has a value above {threshold}"
         return row
     cands = explainer.explain(pick("explain"), k=k, seed=seed)
-    best, rs = select(simulator, cands, pick("select") or pick("explain"))
+    best, rs = select(selector_of(simulator), cands, pick("select") or pick("explain"))
     row["candidates"] = [{"text": c, "select_r": r} for c, r in zip(cands, rs)]
     if best is None:
         row["reason"] = "the explainer gave no usable explanation"

@@ -37,7 +37,7 @@ from . import score as S
 from . import simulate as SIM
 from .examples import ExampleConfig, ExampleSet
 from .llm import LLM
-from .simulator import Simulator
+from .simulator import Simulator, selector_of
 
 PROMPT_VERSION = f"{E.PROMPT_VERSION}/{SIM.PROMPT_VERSION}/{S.DETECTION_VERSION}/{S.FUZZ_VERSION}"
 FALLBACK_CONTROLS = ("references to sports teams", "the closing parenthesis in code", "words about cooking")
@@ -112,7 +112,8 @@ def search_feature(explainer, simulator: Simulator | LLM, feature: str, sets: di
     if not texts:
         return {"feature": feature, "skipped": f"none of the {cfg.k} explainer replies held an explanation",
                 "seconds": time.perf_counter() - t0}
-    cands = [{"text": t, "val": S.simulation_score(simulator, t, val.top, val.random, cfg.max_value)} for t in texts]
+    chooser = selector_of(simulator)  # a trained simulator reading with examples selects plainly
+    cands = [{"text": t, "val": S.simulation_score(chooser, t, val.top, val.random, cfg.max_value)} for t in texts]
     best = max(range(len(cands)), key=lambda i: -2.0 if cands[i]["val"]["all"] is None else cands[i]["val"]["all"])
     return {
         "feature": feature,

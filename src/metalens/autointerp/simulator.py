@@ -209,26 +209,45 @@ def parse_examples(text: str, n: int = N_EXAMPLES) -> list[str]:
     return items[:n] if len(items) >= 2 else []
 
 
+class _LineEnded:
+    """Stopping criterion: a row is done once its new tokens (after `width`) hold a newline."""
+
+    def __init__(self, tokenizer, width: int):
+        self.tok, self.width = tokenizer, width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = ["\n" in self.tok.decode(r[self.width :], skip_special_tokens=True) for r in input_ids.tolist()]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def example_texts(model: torch.nn.Module, tokenizer, explanations: Sequence[str], max_tokens: int = 20,
-                  batch_size: int = 16) -> list[str]:
-    """What `model` writes after EXAMPLES_PROMPT, per explanation, up to its first newline (all that
-    parse_examples reads; decoding stops once every row has one): greedy, batched with left padding
-    (the same text as one prompt at a time)."""
+def first_lines(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_tokens: int = 20,
+                batch_size: int = 16) -> list[str]:
+    """What `model` writes after each prompt up to its first newline: greedy, batched with left padding
+    (the same text as one prompt at a time); decoding stops once every row of a batch has a newline."""
+    from transformers import StoppingCriteriaList
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dev = next(model.parameters()).device
     out: list[str] = []
-    for b in range(0, len(explanations), batch_size):
-        ids = [tokenizer(EXAMPLES_PROMPT.format(explanation=e), add_special_tokens=False)["input_ids"]
-               for e in explanations[b : b + batch_size]]
+    for b in range(0, len(prompts), batch_size):
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[b : b + batch_size]]
         width = max(map(len, ids))
         x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=dev)  # [b, width]
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=dev)
         gen = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
                              pad_token_id=pad, temperature=None, top_p=None, top_k=None,
-                             stop_strings=["\n"], tokenizer=tokenizer)  # [b, width + new]
+                             stopping_criteria=StoppingCriteriaList([_LineEnded(tokenizer, width)]))  # [b, width + new]
         out += [tokenizer.decode(g[width:], skip_special_tokens=True).split("\n")[0] for g in gen]
     return out
+
+
+def example_texts(model: torch.nn.Module, tokenizer, explanations: Sequence[str], max_tokens: int = 20,
+                  batch_size: int = 16) -> list[str]:
+    """What `model` writes after EXAMPLES_PROMPT, per explanation, up to its first newline (all that
+    parse_examples reads): `first_lines`."""
+    return first_lines(model, tokenizer, [EXAMPLES_PROMPT.format(explanation=e) for e in explanations], max_tokens,
+                       batch_size)
 
 
 def example_words(model: torch.nn.Module, tokenizer, explanations: Sequence[str], n: int = N_EXAMPLES) -> list[list[str]]:
@@ -254,27 +273,44 @@ class TrainedSimulator:
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str = "trained", batch_size: int = 8,
                  examples: dict[str, list[str]] | None = None, expander: torch.nn.Module | None = None,
-                 piece: int = 0, piece_context: int = 0):
+                 piece: int = 0, piece_context: int = 0, select_plain: bool = False):
         self.model, self.name, self.batch_size = model, name, batch_size
         self.piece, self.piece_context = piece, piece_context
         self.tokenizer, self.examples, self.expander = tokenizer, examples, expander
+        self.select_plain, self._plain = select_plain, None
         self.encoder = Encoder(tokenizer)
         self.value_ids = value_token_ids(tokenizer)
 
     @classmethod
     def load(cls, subject: Subject, adapter_dir: str | Path | None = None, batch_size: int = 8,
-             examples: bool | None = None, piece: int = 0, piece_context: int = 0) -> "TrainedSimulator":
+             examples: bool | None = None, piece: int = 0, piece_context: int = 0,
+             select_plain: bool | None = None) -> "TrainedSimulator":
         """The subject with the adapter under adapter_dir (default: the shipped one) merged into a copy.
-        examples: read explanations with the base model's examples (None: as the adapter was trained);
+        examples: read explanations with the base model's examples; select_plain: with examples on,
+        best-of-k selection reads plainly (`selector`); None: as the adapter's adapter.json says
+        ("examples", default false; "select_plain", default true);
         piece, piece_context: windows longer than `piece` strings are read in pieces (0: whole)."""
         adapter_dir = Path(adapter_dir) if adapter_dir else DEFAULT_DIR / "simulator"
         model = load_lora(subject.model, adapter_dir)
-        if examples is None:
-            examples = bool(json.loads((adapter_dir / "adapter.json").read_text()).get("examples", False))
+        cfg = json.loads((adapter_dir / "adapter.json").read_text())
+        examples = bool(cfg.get("examples", False)) if examples is None else examples
+        select_plain = bool(cfg.get("select_plain", True)) if select_plain is None else select_plain
         name = (f"trained:{adapter_dir.name}" + ("+examples" if examples else "")
+                + ("/select-plain" if examples and select_plain else "")
                 + (f"+pieces{piece}/{piece_context}" if piece else ""))
         return cls(model, subject.tokenizer, name, batch_size, {} if examples else None,
-                   subject.model if examples else None, piece, piece_context)
+                   subject.model if examples else None, piece, piece_context, select_plain)
+
+    def selector(self) -> "TrainedSimulator":
+        """The simulator that picks the best of k candidates: itself, or, with examples on and
+        `select_plain`, the same weights reading plainly (cheaper: no examples written for the k
+        candidates; and measured to pick better, research/autointerp-trained-scorers.md)."""
+        if self.examples is None or not self.select_plain:
+            return self
+        if self._plain is None:
+            self._plain = TrainedSimulator(self.model, self.tokenizer, self.name + ":plain", self.batch_size,
+                                           piece=self.piece, piece_context=self.piece_context)
+        return self._plain
 
     def read_as(self, explanations: Sequence[str]) -> list[str]:
         """The explanations as the simulator reads them (with their examples when those are on)."""
@@ -315,6 +351,11 @@ class TrainedSimulator:
                 w, start = owner[j]
                 out[g + p][w][start : start + len(lg)] = expected_values(lg).cpu().numpy()
         return out
+
+
+def selector_of(simulator):
+    """The simulator best-of-k selection uses: `simulator.selector()` where it has one, else itself."""
+    return simulator.selector() if hasattr(simulator, "selector") else simulator
 
 
 def shipped_fits(subject: Subject, which: str) -> bool:

@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--prompt-features", type=int, default=5, help="held-out features for the prompted simulator")
     ap.add_argument("--prompt-windows", type=int, default=4)
     ap.add_argument("--throughput-features", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="explainer seeds for recovery on every line of a rule")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "autointerp_trained_run"))
     args = ap.parse_args()
@@ -142,14 +143,18 @@ def main() -> None:
     # ---- (c') recovery on every line of a rule: the same measure on twice the windows -------------------
     # One line's 12 windows leave 2-3 in the test part; a rule's lines are samples of the same feature.
     # Ablation: the same without the category candidate (explainer.category_phrase).
+    # Sampling noise: the same with the explainer's samples drawn from other seeds (--seeds).
     no_cat = TrainedExplainer(ex.model, ex.tok, ex.name + " (no category)", examples=True)
-    for key, explainer in (("recovery_all_lines", ex), ("recovery_all_lines_no_category", no_cat)):
+    runs = [("recovery_all_lines", ex, 0), ("recovery_all_lines_no_category", no_cat, 0)]
+    runs += [(f"recovery_all_lines_seed{seed}", ex, seed) for seed in range(1, args.seeds)]
+    runs += [(f"recovery_seed{seed}", ex, seed) for seed in range(1, args.seeds)]  # one line per rule
+    for key, explainer, seed in runs:
         rec_all = state.setdefault(key, {})
-        for f in merged_per_rule(all_held):
+        for f in merged_per_rule(all_held) if "all_lines" in key else first_per_rule(held):
             if f["id"] in rec_all:
                 continue
             wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-            row, cpu_s = timed_pipeline(f, explainer, sim, args.k)
+            row, cpu_s = timed_pipeline(f, explainer, sim, args.k, seed)
             true_r = simulation_r(sim, f["explanation"], [wins[i] for i in row["split"]["test"]])
             ratio = row["score"] / true_r if row["score"] is not None and true_r is not None and true_r > 0.05 else None
             rec_all[f["id"]] = {"rule": f["rule"], "family": f["family"], "truth": f["explanation"],
@@ -159,6 +164,12 @@ def main() -> None:
             save()
             print(f"(c') {key} {f['rule']:18s} found {row['explanation']!r} r={row['score']}  true r={true_r}")
     rec_all = state["recovery_all_lines"]
+    by_seed = [state[f"recovery_all_lines_seed{seed}"] if seed else rec_all for seed in range(args.seeds)]
+    seed_mean = float(np.mean([recovery_summary(r)["mean_ratio_capped"] or 0 for r in by_seed]))
+    print(f"(c') recovery on every line of a rule, mean over {args.seeds} seeds: {seed_mean}")
+    one_by_seed = [state[f"recovery_seed{seed}"] if seed else rec for seed in range(args.seeds)]
+    one_mean = float(np.mean([recovery_summary(r)["mean_ratio_capped"] or 0 for r in one_by_seed]))
+    print(f"(c) recovery on one line per rule, mean over {args.seeds} seeds: {one_mean}")
 
     # ---- (d) prompted pipeline on the first features, same windows --------------------------------------
     pthr = state.setdefault("prompted_pipeline", {})
@@ -190,17 +201,20 @@ def main() -> None:
                                    "prompted": state["validity_subset_prompted"]["cpu_s"]}},
         per_family_heldout=per_family(v, held),
         recovery={"mean": mean_rec, **recovery_summary(rec), "generated_only": recovery_summary(rec_gen),
+                  "seeds": [recovery_summary(r) for r in one_by_seed], "mean_over_seeds": one_mean,
                   "per_feature": {k: {x: r[x] for x in ("rule", "truth", "found", "found_r", "true_r",
                                                                           "recovery")} for k, r in rec.items()}},
         recovery_all_lines={**recovery_summary(rec_all),
                             "no_category": recovery_summary(state["recovery_all_lines_no_category"]),
+                            "seeds": [recovery_summary(r) for r in by_seed], "mean_over_seeds": seed_mean,
                             "per_feature": {k: {x: r[x] for x in ("truth", "found", "found_r", "true_r", "recovery",
                                                                   "windows")} for k, r in rec_all.items()}},
         throughput=thr,
         sae_latents="benchmarks/results/autointerp_latents.json (benchmarks/autointerp_latents.py)",
         targets={"validity>=0.90": (v["auroc"] or 0) >= 0.9,
                  "recovery>=0.80 (mean ratio capped at 1)": (recovery_summary(rec)["mean_ratio_capped"] or 0) >= 0.8,
-                 "recovery>=0.80 (every line of a rule)": (recovery_summary(rec_all)["mean_ratio_capped"] or 0) >= 0.8,
+                 "recovery>=0.80 (one line per rule, mean over seeds)": one_mean >= 0.8,
+                 "recovery>=0.80 (every line of a rule, mean over seeds)": seed_mean >= 0.8,
                  "throughput>=10x": thr["speedup"] >= 10},
         state=state,
     )
@@ -217,12 +231,12 @@ def recovery_summary(rec: dict) -> dict:
             "reached_0.8": sum(x >= 0.8 for x in ratios), "defined": len(ratios), "features": len(rec)}
 
 
-def timed_pipeline(feature: dict, explainer, simulator, k: int) -> tuple[dict, float]:
+def timed_pipeline(feature: dict, explainer, simulator, k: int, seed: int = 0) -> tuple[dict, float]:
     """explain_one on a feature line (k candidates, best on the select windows, r on the test windows) and
     the process CPU seconds it took: what part (d) counts, here and in autointerp_throughput.py."""
     wins = [(w["tokens"], w["values"]) for w in feature["windows"]]
     c0 = time.process_time()
-    row = explain_one(feature["id"], wins, explainer, simulator, k=k, seed=0)
+    row = explain_one(feature["id"], wins, explainer, simulator, k=k, seed=seed)
     return row, time.process_time() - c0
 
 

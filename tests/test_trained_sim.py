@@ -373,7 +373,7 @@ def test_train_with_examples_writes_them_and_the_adapter_reads_with_them(trained
     assert json.loads((final / "adapter.json").read_text())["examples"] is True
     base = tiny_llama(seed=3)
     sim = TrainedSimulator.load(base, final)
-    assert sim.name.endswith("+examples")
+    assert sim.name.endswith("+examples/select-plain")
     words = ["May", "June"]
     sim.examples["months"] = words  # the cache: read as "months (May, June)"
     plain = TrainedSimulator.load(base, final, examples=False)
@@ -598,7 +598,7 @@ def test_shipped_adapters_on_the_default_model(real):
     from metalens.autointerp.simulator import simulator_from
 
     sim = simulator_from("default", real)
-    assert sim.name == "trained:simulator"
+    assert sim.name == "trained:simulator+examples/select-plain"  # adapter.json: examples on, plain selection
     toks = ["We", " met", " in", " January", " and", " again", " in", " May", "."]
     months = sim.simulate("months of the year", [toks])[0]
     punct = sim.simulate("punctuation", [toks])[0]

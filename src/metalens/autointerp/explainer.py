@@ -128,7 +128,11 @@ def top_examples(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: in
 def examples_phrase(windows: Sequence[tuple[Sequence[str], Sequence[float]]], n: int = 3, mark: float = 0.5) -> str | None:
     """An explanation that names the feature by its strongest examples: "words like A, B or C"
     (top_examples; "the tokens ..." when none is a word)."""
-    ex = top_examples(windows, n, mark)
+    return listing(top_examples(windows, n, mark))
+
+
+def listing(ex: Sequence[str]) -> str | None:
+    """ "words like A, B or C" for examples (top_examples); "the tokens ..." when none is a word."""
     if not ex:
         return None
     listed = ex[0] if len(ex) == 1 else f"{', '.join(ex[:-1])} or {ex[-1]}"
@@ -184,8 +188,9 @@ class TrainedExplainer:
         of the k is the examples phrase, and with `namer` the one before it is the category phrase)."""
         prompt = explainer_prompt([Shown(list(t), np.asarray(v, np.float64)) for t, v in windows])
         ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        phrase = examples_phrase(windows) if self.examples and k > 1 else None
-        name = category_phrase(self.namer, self.tok, top_examples(windows)) if phrase and self.namer and k > 2 else None
+        top = top_examples(windows) if self.examples and k > 1 else []  # examples_phrase's words, found once
+        phrase = listing(top)
+        name = category_phrase(self.namer, self.tok, top) if phrase and self.namer and k > 2 else None
         extra = [e for e in (name, phrase) if e]
         texts = generate_lines(self.model, self.tok, ids, k - len(extra), temperature, max_tokens, seed)
         found: list[str] = []

@@ -10,7 +10,8 @@ Explain splits a line's windows: activating windows (max above `threshold`) rank
 round-robin explain, select, test until explain holds the N_ACTIVE (3) the explainer shows, then
 select, test; the others likewise until explain holds N_QUIET (1). The explainer reads the explain
 part, the simulator (its `selector`, simulator.selector_of) picks the best of k candidates on the
-select part, and `score` is the chosen explanation's r on the test part. `split` lists the window indices of each part.
+select part, and `score` is the chosen explanation's r on the test part. `split` lists the window
+indices of each part.
 Predictions align one for one with the given token strings (see simulator.py).
 """
 
@@ -95,7 +96,8 @@ def split_windows(wins: list, threshold: float = 0.0) -> dict[str, list[int]]:
     parts: dict[str, list[int]] = {"explain": [], "select": [], "test": []}
     for group, n_explain in ((act, N_ACTIVE), (quiet, N_QUIET)):
         for j, i in enumerate(group):  # explain, select, test in turn until explain has what it shows
-            part = ("explain", "select", "test")[j % 3] if j < 3 * n_explain else ("select", "test")[(j - 3 * n_explain) % 2]
+            rest = j - 3 * n_explain
+            part = ("explain", "select", "test")[j % 3] if rest < 0 else ("select", "test")[rest % 2]
             parts[part].append(i)
     return {k: sorted(v) for k, v in parts.items()}
 

@@ -2,6 +2,12 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/autointerp.py --data runs/simdata [--ao /path/to/shared/data/ao]
 
+On the fresh held-out set (trainset.build_fresh: families used neither in training nor in choosing
+how the simulator reads; its folder also needs the trainset's seen_newtext.jsonl):
+
+    .venv/bin/python benchmarks/autointerp.py --fresh --data runs/fresh --seen runs/simdata/seen_newtext.jsonl \
+        --out runs/bench_fresh --result autointerp_fresh.json
+
 Data: rule features with known answers (metalens.autointerp.trainset; built into --data first if
 missing). The shipped simulator was trained on train.jsonl only: heldout.jsonl holds rule FAMILIES
 never used in training, on a text SOURCE never used in training.
@@ -37,7 +43,7 @@ from metalens.autointerp.formats import explain_one
 from metalens.autointerp.llm import LocalLLM
 from metalens.autointerp.simulator import PromptSimulator, TrainedSimulator
 from metalens.autointerp.train import first_per_rule, validity
-from metalens.autointerp.trainset import build_trainset
+from metalens.autointerp.trainset import build_fresh, build_trainset
 from metalens.io import atomic_write_json, jsonl_objects
 from metalens.metrics import mean_defined
 
@@ -60,6 +66,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="explainer seeds for recovery on every line of a rule")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "autointerp_trained_run"))
+    ap.add_argument("--fresh", action="store_true", help="build --data as the fresh held-out set (trainset.build_fresh)")
+    ap.add_argument("--seen", default=None, help="seen-family features on new text (default: --data/seen_newtext.jsonl)")
+    ap.add_argument("--result", default="autointerp_trained.json", help="file name under benchmarks/results/")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -70,11 +79,13 @@ def main() -> None:
     save = lambda: atomic_write_json(spath, state)  # noqa: E731
     s = load_subject(device="cpu")
     data = Path(args.data)
-    if not (data / "heldout.jsonl").exists():
+    if args.fresh:
+        build_fresh(data, s.tokenizer, args.ao)
+    elif not (data / "heldout.jsonl").exists():
         build_trainset(data, s.tokenizer, args.ao)
     all_held = [o for _, o in jsonl_objects(data / "heldout.jsonl")]
     held = first_per_rule(all_held)  # one feature per rule
-    seen = [o for _, o in jsonl_objects(data / "seen_newtext.jsonl")]
+    seen = [o for _, o in jsonl_objects(Path(args.seen) if args.seen else data / "seen_newtext.jsonl")]
     pool = [(f["family"], f["explanation"]) for f in held + seen]
     sim = TrainedSimulator.load(s, args.simulator)
     psim = PromptSimulator(LocalLLM(s, batch_size=4))
@@ -190,7 +201,7 @@ def main() -> None:
 
     v = state["validity_heldout"]
     result = dict(
-        date=time.strftime("%Y-%m-%d"), model=s.name, machine=platform.processor() or platform.machine(),
+        date=time.strftime("%Y-%m-%d"), data=str(data), model=s.name, machine=platform.processor() or platform.machine(),
         cpus=os.cpu_count(), threads=args.threads, simulator=sim.name, explainer=ex.name, k=args.k,
         validity_heldout_auroc=v["auroc"], validity_heldout_all_lines_auroc=state["validity_heldout_all"]["auroc"],
         validity_seen_newtext_auroc=state["validity_seen_newtext"]["auroc"],
@@ -218,8 +229,8 @@ def main() -> None:
                  "throughput>=10x": thr["speedup"] >= 10},
         state=state,
     )
-    atomic_write_json(ROOT / "results" / "autointerp_trained.json", result)
-    print(f"wrote {ROOT / 'results' / 'autointerp_trained.json'}")
+    atomic_write_json(ROOT / "results" / args.result, result)
+    print(f"wrote {ROOT / 'results' / args.result}")
 
 
 def recovery_summary(rec: dict) -> dict:

@@ -216,6 +216,58 @@ def test_wordnet_categories_by_first_sense_and_part_of_speech(tmp_path):
     np.testing.assert_array_equal(rule.values(["A", " Zeppelin", " and", " two", " bus", "es"]), [0, 1, 0, 0, 1, 1])
 
 
+def test_fresh_context_rules_by_hand():
+    toks = ["The", " cat", " sat", ".", " The", " dog", " saw", " the", " cat", "!", " Cats"]
+    # "the" is skipped, "cat" repeats; "Cats" is another word; blocks of 6 tokens forget what came before
+    np.testing.assert_array_equal(R.repeated_word(32, ["the"])(toks), [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(R.repeated_word(6, ["the"])(toks), np.zeros(11))
+    np.testing.assert_array_equal(R.sentence_end(toks), [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(R.sentence_end(["We", " sing", "ing", "."]), [0, 1, 1, 0])
+
+
+def test_verb_forms_and_verb_categories(tmp_path):
+    from metalens.autointerp import wordnet as W
+
+    assert W.verb_forms("stop") == {"stop", "stops", "stopped", "stopping"}
+    assert W.verb_forms("open") == {"open", "opens", "opened", "opening"}
+    assert W.verb_forms("move") == {"move", "moves", "moved", "moving"}
+    assert W.verb_forms("cry") == {"cry", "cries", "cried", "crying"}
+    assert {"went", "gone"} <= W.verb_forms("go", {"go": {"went", "gone"}})
+    root = tmp_path / "wn"
+    root.mkdir()
+    assert W.verb_categories(root, W.word_counts(["x"])) == []  # no WordNet: no categories
+    # sense keys: lemma%2:<verb lexfile>:..., counts; walk and run are motion (38), say is communication (32);
+    # "fly" is mostly a noun here, "tell" too rare
+    (root / "cntlist.rev").write_text("\n".join([
+        "walk%2:38:00:: 1 9", "walk%1:04:00:: 1 2", "run%2:38:00:: 1 20", "run%2:33:00:: 2 3", "go%2:38:00:: 1 30",
+        "say%2:32:00:: 1 40", "fly%2:38:00:: 1 2", "fly%1:05:00:: 1 9", "tell%2:32:00:: 1 2", "set%2:38:00:: 1 9"]))
+    (root / "verb.exc").write_text("went go\nran run\nsaid say\n")
+    counts = W.word_counts(["They walked and ran, then went home and said so. Flies fly."])
+    cats = W.verb_categories(root, counts, exclude=["set"], min_seen=1, max_share=1.0)
+    motion = next(c for c in cats if c.lexfile == "motion")
+    assert motion.name == "verbs of movement" and set(motion.seen) == {"walk", "run", "go"}
+    assert {"walked", "ran", "running", "went", "goes"} <= motion.words and "fly" not in motion.words
+    assert "set" not in motion.words and {c.lexfile for c in cats} == {"motion", "communication"}
+    assert W.verb_categories(root, counts, min_seen=4, max_share=1.0) == []
+
+
+def test_fresh_set_holds_only_families_never_trained(tmp_path):
+    from metalens.autointerp.trainset import BuildConfig, build_fresh
+    from metalens.io import jsonl_objects
+
+    subj = tiny_llama(seed=3)
+    cfg = BuildConfig(window=32, max_tokens=96, windows_per_feature=4, wordnet_dir=str(tmp_path / "no_wordnet"))
+    path = build_fresh(tmp_path / "fresh", subj.tokenizer, None, cfg)  # the hand-written sentences only
+    lines = [o for _, o in jsonl_objects(path)]
+    fams = {o["family"] for o in lines}
+    assert fams and all(f.startswith("fresh_") for f in fams) and not fams & set(R.FAMILIES)
+    meta = json.loads((tmp_path / "fresh" / "fresh_meta.json").read_text())
+    assert {r["name"] for r in meta["rules"]} >= {"fresh_repeats", "fresh_sentence_end"}  # no WordNet: no categories
+    assert "fresh_sentence_end" in {o["rule"] for o in lines}  # (words repeat rarely in 32 characters)
+    assert all(len(o["windows"]) == 4 and len(o["explanations"]) >= 3 for o in lines)
+    assert path.stat().st_mtime == build_fresh(tmp_path / "fresh", subj.tokenizer, None, cfg).stat().st_mtime
+
+
 # ---- training, saving, loading ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

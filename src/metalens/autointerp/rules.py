@@ -185,6 +185,40 @@ def digit_value(tokens: Sequence[str]) -> np.ndarray:
     return np.array([float(t.strip()) + 1 if len(t.strip()) == 1 and t.strip() in "0123456789" else 0.0 for t in tokens])
 
 
+def repeated_word(span: int = 32, skip: Sequence[str] = ()) -> Fn:
+    """1 for every token of a word (3+ letters, any case, not in `skip`) already seen earlier in the
+    same block of `span` tokens (blocks start at token 0, span, 2*span, ...: trainset's windows, so
+    that what a window shows is all the rule saw)."""
+    skip_low = {w.lower() for w in skip}
+
+    def fn(tokens: Sequence[str]) -> np.ndarray:
+        v = np.zeros(len(tokens))
+        seen: dict[int, set[str]] = {}
+        for w, idx in words(tokens):
+            key, block = w.lower(), idx[0] // span
+            if len(key) >= 3 and key.isalpha() and key not in skip_low and idx[-1] // span == block:
+                if key in seen.setdefault(block, set()):
+                    v[idx] = 1.0
+                seen[block].add(key)
+        return v
+
+    return fn
+
+
+def sentence_end(tokens: Sequence[str]) -> np.ndarray:
+    """1 for the last word before a sentence-ending . ! or ?"""
+    v, last = np.zeros(len(tokens)), None
+    for w, idx in sorted(words(tokens) + [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip()[-1:] in ".!?"],
+                         key=lambda u: u[1][0]):
+        if w[-1:] in ".!?" and not w[:1].isalnum():
+            if last is not None:
+                v[last] = 1.0
+            last = None
+        else:
+            last = idx
+    return v
+
+
 def mx(a: Fn, b: Fn) -> Fn:
     return lambda t: np.maximum(a(t), b(t))
 

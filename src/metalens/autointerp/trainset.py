@@ -39,7 +39,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import Rule, category_rules, listed_rules, make_rules, word_lists
+from .rules import BUILTIN, Rule, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word, sentence_end, word_lists
 from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
 
@@ -52,6 +52,20 @@ WN_SKIP_LEXFILES = ("tops", "animal", "body", "location", "object")
 WN_SKIP_NAMES = ("inhabitant", "language", "national", "native", "foreigner", "European", "Asian", "African")
 """WordNet categories skipped by name (peoples and languages overlap nationalities)"""
 TEST_SOURCES = ("claims", "sentences")
+FRESH_SOURCES = ("claims", "sentences", "companies")
+"""text of the fresh held-out set (build_fresh): the held-out sources and one never used before"""
+FRESH_LEXFILES = ("animal", "body", "object", "location")
+"""WordNet noun files of the fresh categories: files no training category was drawn from"""
+FRESH_VAGUE = ("point", "area", "region", "structure", "unit", "country")
+"""fresh noun categories left out: heads too vague to explain a feature, and "country" (the held-out
+countries list again)"""
+FRESH_NAMES = {"state": "American states", "land": "continents and islands", "organ": "organs of the body",
+               "tissue": "body tissues", "body of water": "seas, rivers and lakes", "celestial body": "planets, stars and moons",
+               "fish": "fish", "microorganism": "microbes and germs"}
+"""how a person would say a fresh category whose WordNet head reads oddly (fixed before any was simulated)"""
+FRESH_VERB_SKIP = ("like", "mean", "use", "apply", "employ", "utilize", "base", "desert", "duck", "crow", "ring", "sign",
+                   "train", "can", "will", "may", "must", "might", "shall", "need", "want")
+"""verbs left out of the fresh verb categories: mostly used as another part of speech, or as a modal"""
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,7 @@ def text_sources(data_dir: str | Path | None, n_pydoc: int = 600, wn=None, n_wor
               for i in range(0, min(len(ex), 8 * n_wordnet), 8)]
     root = Path(data_dir) / "classification_datasets" if data_dir else None
     claims = _csv_column(root / "gmt" / "common_claim_true_false.csv", "statement") if root else []
+    companies = _csv_column(root / "gmt" / "companies_true_false.csv", "statement") if root else []
     lines = [s for s in SENTENCES.splitlines() if s.strip()]
     return {
         "news": [" ".join(t.split()) for t in _csv_column(root / "engels" / "139_news_class_Politics.csv", "prompt")]
@@ -122,6 +137,7 @@ def text_sources(data_dir: str | Path | None, n_pydoc: int = 600, wn=None, n_wor
         "claims": [" ".join(claims[i : i + 4]) for i in range(0, len(claims), 4)],  # 4 claims per text
         "sentences": [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)],
         "wordnet": ex,
+        "companies": [" ".join(companies[i : i + 4]) for i in range(0, len(companies), 4)],
     }
 
 
@@ -260,3 +276,92 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
                                                     for r in rules + extra],
                                           "lines": counts, "tokenizer": getattr(tokenizer, "name_or_path", "")})
     return paths
+
+
+def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wnet.WORDNET_DIR, n_nouns: int = 10,
+                n_verbs: int = 7, max_held_overlap: float = 0.2, window: int = 32) -> list[Rule]:
+    """The fresh held-out set's rules (build_fresh), in families used neither in training nor in the
+    first held-out set: WordNet noun categories of FRESH_LEXFILES whose members seen in `counts` share
+    at most `max_held_overlap` with the held-out lists ("fresh_<lexfile>"); WordNet verb categories
+    with all verb forms ("fresh_verbs": "verbs of movement"); repeated words and the last word of a
+    sentence ("fresh_context", repeats counted within each `window`); an AND and an OR of those ("fresh_compound"). [] of the WordNet
+    parts when WordNet is absent."""
+    out: list[Rule] = []
+    wn = wnet.read_wordnet(wordnet_dir)
+    held = {w.lower() for k in HELD_LISTS for w in lists[k]}
+
+    def phrasings(name: str, ex: Sequence[str], last: str) -> tuple[str, ...]:
+        return (name, f"{name} like {ex[0]} or {ex[1]}", f"{name} ({', '.join(ex[:3])})", last)
+
+    nouns = []
+    if wn is not None:
+        skip = set(wnet.LEXFILES.values()) - set(FRESH_LEXFILES)
+        for c in wnet.categories(wn, counts, exclude_lexfiles=skip, limit=60):
+            if c.name in FRESH_VAGUE or sum(w.lower() in held for w in c.seen) > max_held_overlap * len(c.seen):
+                continue
+            name = FRESH_NAMES.get(c.name, " ".join(c.name.split()[:-1] + [wnet.plural(c.name.split()[-1])]))
+            head = {c.name, wnet.plural(c.name)}
+            ex = [w for i, w in enumerate(c.seen) if w.lower() not in head and w.lower() not in
+                  {x.lower() for x in c.seen[:i]} and not (w.endswith("s") and w[:-1] in c.seen)][:3]
+            nouns.append(Rule(f"fresh_{c.name.replace(' ', '_')}", f"fresh_{c.lexfile}",
+                              phrasings(name, ex, f"words for {name}"), in_list(set(c.words))))
+            if len(nouns) == n_nouns:
+                break
+    grammar = set().union(*(BUILTIN[k] for k in ("pronouns", "articles", "prepositions", "conjunctions", "modals",
+                                                   "be_verbs", "negations", "question_words")))
+    verbs = wnet.verb_categories(wordnet_dir, counts, exclude=grammar | set(FRESH_VERB_SKIP), limit=n_verbs)
+    for c in verbs:
+        out.append(Rule(f"fresh_verbs_{c.lexfile}", "fresh_verbs", phrasings(c.name, c.seen[:3], f"{c.name} in any form"),
+                        in_list(set(c.words))))
+    out = nouns + out
+    out.append(Rule("fresh_repeats", "fresh_context", ("words repeated from earlier in the text",
+                                                       "a word that already appeared before", "repeated words",
+                                                       "the second time a word occurs"),
+                    repeated_word(window, sorted(grammar))))
+    out.append(Rule("fresh_sentence_end", "fresh_context", ("the last word of a sentence",
+                                                            "the word just before a full stop",
+                                                            "sentence-final words", "the word before . or ?"),
+                    sentence_end))
+    motion = next((c for c in verbs if c.lexfile == "motion"), None)
+    if motion is not None:
+        past = {w for w in motion.words if w.endswith("ed") or w in {"went", "came", "ran", "fell", "flew", "rose",
+                                                                    "left", "swam", "drove", "rode", "fled", "led"}}
+        out.append(Rule("fresh_motion_past", "fresh_compound",
+                        ("verbs of movement in the past tense", "past forms of motion verbs (walked, went, fell)",
+                         "movement verbs like moved or ran", "how something moved: past tense"),
+                        mn(in_list(motion.words), in_list(past))))
+    two = [r for r in nouns if r.family == "fresh_animal"][:2]
+    if len(two) == 2:
+        a, b = two[0].explanations[0], two[1].explanations[0]
+        out.append(Rule("fresh_animal_or", "fresh_compound", (f"{a} or {b}", f"{a} and {b}", f"either {a} or {b}"),
+                        mx(two[0].fn, two[1].fn)))
+    return out
+
+
+def build_fresh(out: str | Path, tokenizer, data_dir: str | Path | None = None, cfg: BuildConfig = BuildConfig(),
+                n_nouns: int = 10, n_verbs: int = 7) -> Path:
+    """Write `out`/heldout.jsonl (and fresh_meta.json): fresh_rules on the FRESH_SOURCES text,
+    cfg.eval_lines_per_rule lines per rule, in the same format as build_trainset's heldout.jsonl (so
+    benchmarks/autointerp.py runs on it with --data `out`). A second held-out set, built after every
+    reading rule had been chosen, so that nothing was tuned on it."""
+    out = Path(out)
+    path = out / "heldout.jsonl"
+    if path.exists():
+        return path
+    rel = Path(data_dir) / "classification_datasets" / "relations" if data_dir else None
+    lists = word_lists(rel)
+    srcs = text_sources(data_dir, 0)
+    raw = [t for s in FRESH_SOURCES for t in srcs[s]]
+    rules = fresh_rules(wnet.word_counts(raw), lists, cfg.wordnet_dir or wnet.WORDNET_DIR, n_nouns, n_verbs,
+                        window=cfg.window)
+    texts = tokenize(tokenizer, raw, cfg.max_tokens)
+    rng = np.random.default_rng([cfg.seed, 11])
+    lines = []
+    for r in rules:
+        lines += feature_lines(r, windows_of(texts, r, cfg.window), cfg.eval_lines_per_rule, cfg, rng, "fresh", False)
+    write_jsonl(path, lines)
+    atomic_write_json(out / "fresh_meta.json", {"config": asdict(cfg), "sources": {s: len(srcs[s]) for s in FRESH_SOURCES},
+                                                "rules": [{"name": r.name, "family": r.family,
+                                                           "explanations": list(r.explanations)} for r in rules],
+                                                "lines": len(lines)})
+    return path

@@ -189,3 +189,99 @@ def example_sentences(wn: WordNet) -> list[str]:
         for m in re.findall(r'"([^"]{20,200})"', syn.gloss):
             out.append(m.strip())
     return out
+
+
+VERB_LEXFILES = {29: "body", 30: "change", 31: "cognition", 32: "communication", 33: "competition", 34: "consumption",
+                 35: "contact", 36: "creation", 37: "emotion", 38: "motion", 39: "perception", 40: "possession",
+                 41: "social", 42: "stative", 43: "weather"}
+VERB_NAMES = {"body": "verbs about the body", "change": "verbs of change", "cognition": "verbs of thinking",
+              "communication": "verbs of speaking and communicating", "competition": "verbs of fighting and competing",
+              "consumption": "verbs of eating and drinking", "contact": "verbs of touching and hitting",
+              "creation": "verbs of making and creating", "emotion": "verbs of feeling",
+              "motion": "verbs of movement", "perception": "verbs of seeing and hearing",
+              "possession": "verbs of having, buying and giving", "social": "verbs of social life",
+              "stative": "verbs of being", "weather": "weather verbs"}
+"""a natural name for the verbs of each lexicographer file"""
+
+
+def verb_forms(lemma: str, irregular: dict[str, set[str]] | None = None) -> set[str]:
+    """A verb's forms: base, -s, -ed, -ing by plain English rules (final e, consonant + y, a doubled
+    final consonant after a short vowel), and WordNet's irregular forms (verb.exc) when given."""
+    w = lemma.lower()
+    cvc = re.fullmatch(r"[^aeiou]*[aeiou][^aeiouwxy]", w)  # one short vowel: stop -> stopped
+    s = w + "es" if w.endswith("o") else plural(w)  # go -> goes
+    if w.endswith("ee"):
+        ed, ing = w + "d", w + "ing"
+    elif w.endswith("e"):
+        ed, ing = w + "d", w[:-1] + "ing"
+    elif re.search(r"[^aeiou]y$", w):
+        ed, ing = w[:-1] + "ied", w + "ing"
+    elif cvc:
+        ed, ing = w + w[-1] + "ed", w + w[-1] + "ing"
+    else:
+        ed, ing = w + "ed", w + "ing"
+    return {w, s, ed, ing} | (irregular or {}).get(w, set())
+
+
+class VerbCategory(NamedTuple):
+    name: str
+    """how the category is said, e.g. "verbs of movement" """
+    lexfile: str
+    """WordNet verb lexicographer file, e.g. "motion" """
+    words: frozenset[str]
+    """every form of every member verb (lower case)"""
+    seen: tuple[str, ...]
+    """member lemmas that occur (in some form) in the counted text, most frequent first"""
+
+
+def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = (), min_seen: int = 6,
+                    min_tagged: int = 3, max_share: float = 0.02,
+                    skip: Iterable[str] = ("stative", "change", "contact", "social", "possession", "body", "weather"),
+                    limit: int = 8) -> list[VerbCategory]:
+    """One category per verb lexicographer file ("verbs of movement": walk, run, fly, ...): the single-word
+    verbs whose most frequent verb sense is filed there, seen at least `min_tagged` times as a verb in
+    WordNet's sense-tagged corpus (cntlist.rev) and more often as a verb than as anything else, with
+    all their forms (verb_forms, irregular ones from verb.exc). `exclude`: lemmas left out (function
+    words). `skip`: broad files left out. Files with fewer than `min_seen` members seen in `counts`, or
+    whose forms make up more than `max_share` of its words, are dropped; the rest come most members seen
+    first. [] when WordNet's files are absent."""
+    root = Path(root)
+    if not (root / "cntlist.rev").is_file():
+        return []
+    verb: dict[str, Counter] = {}  # lemma -> tagged count per verb lexfile
+    other: Counter = Counter()  # lemma -> tagged count as a noun, adjective or adverb
+    for line in open(root / "cntlist.rev", encoding="utf-8", errors="replace"):
+        key, _, n = line.split()
+        lemma, _, lex = key.partition("%")
+        kind, filenum = lex.split(":")[:2]
+        if kind == "2":
+            verb.setdefault(lemma, Counter())[VERB_LEXFILES.get(int(filenum), filenum)] += int(n)
+        else:
+            other[lemma] += int(n)
+    irregular: dict[str, set[str]] = {}
+    if (root / "verb.exc").is_file():
+        for line in open(root / "verb.exc", encoding="utf-8", errors="replace"):
+            f = line.split()
+            if len(f) == 2:
+                irregular.setdefault(f[1], set()).add(f[0])
+    excl = {w.lower() for w in exclude}
+    by_file: dict[str, set[str]] = {}
+    for lemma, c in verb.items():
+        n = sum(c.values())
+        if re.fullmatch(r"[a-z]{2,}", lemma) and lemma not in excl and n >= min_tagged and n > other[lemma]:
+            by_file.setdefault(c.most_common(1)[0][0], set()).add(lemma)
+    low = Counter()
+    for w, n in counts.items():
+        low[w.lower()] += n
+    total = sum(counts.values())
+    skip = set(skip)
+    out = []
+    for lf, lemmas in by_file.items():
+        if lf in skip:
+            continue
+        forms = {v: verb_forms(v, irregular) for v in lemmas}
+        seen = sorted((v for v in lemmas if any(low[x] for x in forms[v])), key=lambda v: -sum(low[x] for x in forms[v]))
+        words = frozenset().union(*forms.values())
+        if len(seen) >= min_seen and sum(low[x] for x in words) <= max_share * total:
+            out.append(VerbCategory(VERB_NAMES.get(lf, f"verbs of {lf}"), lf, words, tuple(seen)))
+    return sorted(out, key=lambda c: -len(c.seen))[:limit]

@@ -76,8 +76,9 @@ def test_readme_python_runs_as_written(i, tmp_path):
 def test_readme_numbers_agree_with_benchmark_results():
     """Each number the README quotes, rebuilt from benchmarks/results/*.json: a rerun that changes one fails here."""
     res = {n: json.loads((ROOT / "benchmarks" / "results" / f"{n}.json").read_text())
-           for n in ("capture", "sae", "autointerp", "autointerp_trained", "autointerp_latents", "oracle")}
-    tr = res["autointerp_trained"]
+           for n in ("capture", "sae", "autointerp", "autointerp_trained", "autointerp_latents", "autointerp_fresh",
+                     "oracle")}
+    tr, fr = res["autointerp_trained"], res["autointerp_fresh"]
     cap, sae, ai, orc = res["capture"]["ratios"], res["sae"], res["autointerp"], res["oracle"]
     ov = orc["heldout"]["overall"]
     phrases = [
@@ -98,6 +99,8 @@ def test_readme_numbers_agree_with_benchmark_results():
         f"recovers {tr['recovery_all_lines']['mean_over_seeds']:.2f} of the true explanation's r",
         f"{tr['recovery']['mean_over_seeds']:.2f} on one line per rule",
         f"{res['autointerp_latents']['validity']['auroc']:.2f} on latents of an SAE of the default model",
+        f"validity AUROC {fr['validity_heldout_auroc']:.2f} ({fr['validity_heldout_all_lines_auroc']:.2f} on both lines)",
+        f"recovery {fr['recovery_all_lines']['mean_over_seeds']:.2f} on both lines",
         f"held-out AUROC {ov['oracle']['auroc']:.2f} against {ov['untrained']['auroc']:.2f} for untrained injection",
         f"{ov['text']['auroc']:.2f} for the text-only control",
         f"{ov['probe']['auroc']:.2f} for a linear probe",

@@ -157,12 +157,21 @@ def after(pred: Callable[[str], bool], gap: int = 1) -> Fn:
     return fn
 
 
+def _words_and_stops(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """Words (synthetic.words) and the tokens ending in . ! or ?, in text order: (text, [token indices])."""
+    stops = [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip()[-1:] in ".!?"]
+    return sorted(words(tokens) + stops, key=lambda u: u[1][0])
+
+
+def _is_stop(w: str) -> bool:
+    return w[-1:] in ".!?" and not w[:1].isalnum()
+
+
 def sentence_start(tokens: Sequence[str]) -> np.ndarray:
     """1 for the first word of every sentence (after . ! ? or at the start of the text)."""
     v, start = np.zeros(len(tokens)), True
-    for w, idx in sorted(words(tokens) + [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip()[-1:] in ".!?"],
-                         key=lambda u: u[1][0]):
-        if w[-1:] in ".!?" and not w[:1].isalnum():
+    for w, idx in _words_and_stops(tokens):
+        if _is_stop(w):
             start = True
         elif start:
             v[idx], start = 1.0, False
@@ -208,9 +217,8 @@ def repeated_word(span: int = 32, skip: Sequence[str] = ()) -> Fn:
 def sentence_end(tokens: Sequence[str]) -> np.ndarray:
     """1 for the last word before a sentence-ending . ! or ?"""
     v, last = np.zeros(len(tokens)), None
-    for w, idx in sorted(words(tokens) + [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip()[-1:] in ".!?"],
-                         key=lambda u: u[1][0]):
-        if w[-1:] in ".!?" and not w[:1].isalnum():
+    for w, idx in _words_and_stops(tokens):
+        if _is_stop(w):
             if last is not None:
                 v[last] = 1.0
             last = None

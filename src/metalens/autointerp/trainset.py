@@ -39,7 +39,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import BUILTIN, Rule, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word, sentence_end, word_lists
+from .rules import (BUILTIN, Rule, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word,
+                    sentence_end, word_lists)
 from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
 
@@ -286,7 +287,6 @@ def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
     with all verb forms ("fresh_verbs": "verbs of movement"); repeated words and the last word of a
     sentence ("fresh_context", repeats counted within each `window`); an AND and an OR of those ("fresh_compound"). [] of the WordNet
     parts when WordNet is absent."""
-    out: list[Rule] = []
     wn = wnet.read_wordnet(wordnet_dir)
     held = {w.lower() for k in HELD_LISTS for w in lists[k]}
 
@@ -310,10 +310,8 @@ def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
     grammar = set().union(*(BUILTIN[k] for k in ("pronouns", "articles", "prepositions", "conjunctions", "modals",
                                                    "be_verbs", "negations", "question_words")))
     verbs = wnet.verb_categories(wordnet_dir, counts, exclude=grammar | set(FRESH_VERB_SKIP), limit=n_verbs)
-    for c in verbs:
-        out.append(Rule(f"fresh_verbs_{c.lexfile}", "fresh_verbs", phrasings(c.name, c.seen[:3], f"{c.name} in any form"),
-                        in_list(set(c.words))))
-    out = nouns + out
+    out = nouns + [Rule(f"fresh_verbs_{c.lexfile}", "fresh_verbs",
+                        phrasings(c.name, c.seen[:3], f"{c.name} in any form"), in_list(set(c.words))) for c in verbs]
     out.append(Rule("fresh_repeats", "fresh_context", ("words repeated from earlier in the text",
                                                        "a word that already appeared before", "repeated words",
                                                        "the second time a word occurs"),

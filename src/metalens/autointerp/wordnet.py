@@ -125,6 +125,14 @@ def members(wn: WordNet) -> dict[str, set[str]]:
     return out
 
 
+def lower_counts(counts: Counter) -> Counter:
+    """The same counts with every word lower-cased (the counts of "The" and "the" summed)."""
+    low: Counter = Counter()
+    for w, n in counts.items():
+        low[w.lower()] += n
+    return low
+
+
 def word_counts(texts: Iterable[str]) -> Counter:
     """How often each word (a run of letters) occurs."""
     c: Counter = Counter()
@@ -144,9 +152,7 @@ def categories(wn: WordNet, counts: Counter, exclude: Iterable[str] = (), exclud
     A category needs `min_seen`..`max_seen` distinct members in `counts` (at most `max_words` in all), `min_count` occurrences, at most
     `max_share` of all words, a head word that is common (seen in WordNet's tagged corpus), and at
     most `max_overlap` Jaccard overlap (of seen members) with any category picked before it."""
-    low = Counter()
-    for w, n in counts.items():
-        low[w.lower()] += n
+    low = lower_counts(counts)
     total = sum(counts.values())
     excl = {w.lower() for w in exclude}
     skip = set(exclude_lexfiles)
@@ -270,9 +276,7 @@ def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = 
         n = sum(c.values())
         if re.fullmatch(r"[a-z]{2,}", lemma) and lemma not in excl and n >= min_tagged and n > other[lemma]:
             by_file.setdefault(c.most_common(1)[0][0], set()).add(lemma)
-    low = Counter()
-    for w, n in counts.items():
-        low[w.lower()] += n
+    low = lower_counts(counts)
     total = sum(counts.values())
     skip = set(skip)
     out = []

@@ -216,6 +216,23 @@ def test_wordnet_categories_by_first_sense_and_part_of_speech(tmp_path):
     np.testing.assert_array_equal(rule.values(["A", " Zeppelin", " and", " two", " bus", "es"]), [0, 1, 0, 0, 1, 1])
 
 
+def test_wordnet_orders_do_not_depend_on_the_hash_seed(tmp_path):
+    # members tied on counts are ordered by the word itself, so two processes build the same categories
+    import os
+    import subprocess
+    import sys
+
+    root = mini_wordnet(tmp_path / "wn")
+    (root / "cntlist.rev").write_text("walk%2:38:00:: 1 9\nrun%2:38:00:: 1 9\ngo%2:38:00:: 1 9\nhop%2:38:00:: 1 9\n")
+    code = (f"from metalens.autointerp import wordnet as W; wn = W.read_wordnet({str(root)!r}); "
+            "c = W.word_counts(['a car, a bus, a cab, a Zeppelin, we walk, run, go and hop']); "
+            "print([x.seen for x in W.categories(wn, c, min_seen=2, min_count=2, max_share=1.0)], "
+            f"[x.seen for x in W.verb_categories({str(root)!r}, c, min_seen=2, max_share=1.0)])")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in range(4)}
+    assert outs == {"[('Zeppelin', 'bus', 'cab', 'car')] [('go', 'hop', 'run', 'walk')]\n"}
+
+
 def test_fresh_context_rules_by_hand():
     toks = ["The", " cat", " sat", ".", " The", " dog", " saw", " the", " cat", "!", " Cats"]
     # "the" is skipped, "cat" repeats; "Cats" is another word; blocks of 6 tokens forget what came before

@@ -168,7 +168,7 @@ def categories(wn: WordNet, counts: Counter, exclude: Iterable[str] = (), exclud
             words |= {w} if proper else {w.lower(), plural(w.lower())}
         seen_all = [w for w in words if (counts[w] if w[:1].isupper() else low[w]) > 0]
         dropped = [w for w in seen_all if w.lower() in excl]
-        seen = sorted(set(seen_all) - set(dropped), key=lambda w: -(counts[w] if w[:1].isupper() else low[w]))
+        seen = sorted(set(seen_all) - set(dropped), key=lambda w: (-(counts[w] if w[:1].isupper() else low[w]), w))
         n = sum(counts[w] if w[:1].isupper() else low[w] for w in seen)
         if (not min_seen <= len(seen) <= max_seen or len(words) > max_words or n < min_count or n > max_share * total
                 or len(dropped) > max_excluded * max(1, len(seen_all))):
@@ -284,8 +284,8 @@ def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = 
         if lf in skip:
             continue
         forms = {v: verb_forms(v, irregular) for v in lemmas}
-        seen = sorted((v for v in lemmas if any(low[x] for x in forms[v])), key=lambda v: -sum(low[x] for x in forms[v]))
+        seen = sorted((v for v in lemmas if any(low[x] for x in forms[v])), key=lambda v: (-sum(low[x] for x in forms[v]), v))
         words = frozenset().union(*forms.values())
         if len(seen) >= min_seen and sum(low[x] for x in words) <= max_share * total:
             out.append(VerbCategory(VERB_NAMES.get(lf, f"verbs of {lf}"), lf, words, tuple(seen)))
-    return sorted(out, key=lambda c: -len(c.seen))[:limit]
+    return sorted(out, key=lambda c: (-len(c.seen), c.name))[:limit]

@@ -217,7 +217,9 @@ def main() -> None:
                                                                           "recovery")} for k, r in rec.items()}},
         recovery_all_lines={**recovery_summary(rec_all),
                             "no_category": recovery_summary(state["recovery_all_lines_no_category"]),
-                            "seeds": [recovery_summary(r) for r in by_seed], "mean_over_seeds": seed_mean,
+                            "seeds": [{**recovery_summary(r), "per_feature": {k: {x: f[x] for x in ("found", "found_r", "true_r",
+                                                                                   "recovery")} for k, f in r.items()}}
+                                      for r in by_seed], "mean_over_seeds": seed_mean,
                             "per_feature": {k: {x: r[x] for x in ("truth", "found", "found_r", "true_r", "recovery",
                                                                   "windows")} for k, r in rec_all.items()}},
         throughput=thr,

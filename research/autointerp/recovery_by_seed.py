@@ -105,15 +105,17 @@ def summarise(paths: list[str], out: str) -> None:
         for seed in seeds:
             vals = [ratio(max((x for x in pb["rows"][k]["test_r"] if x is not None), default=None), pb["rows"][k]["true_r"])
                     for k in keys if pb["rows"][k]["seed"] == seed]
-            per_seed[str(seed)] = capped_mean(vals)[0]
+            m, n = capped_mean(vals)
+            per_seed[str(seed)] = {"mean_ratio_capped": m, "defined": n}
         res["recovery"][f"best on test, read by {b}"] = {"per_seed": per_seed,
-                                                           "mean_over_seeds": float(np.mean([v or 0 for v in per_seed.values()]))}
+                                                           "mean_over_seeds": float(np.mean([v["mean_ratio_capped"] or 0
+                                                                                            for v in per_seed.values()]))}
     res["per_feature"] = {k: {n: {"true_r": r["rows"][k]["true_r"],
                                   "found": r["rows"][k]["candidates"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None,
                                   "found_r": r["rows"][k]["test_r"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None}
                               for n, r in zip(names, runs)} for k in keys}
     atomic_write_json(Path(out), res)
-    for k, v in table.items():
+    for k, v in res["recovery"].items():
         print(f"{k:32s} " + "  ".join(f"seed {s}: {d['mean_ratio_capped']:.3f} ({d['defined']})"
                                       for s, d in v["per_seed"].items() if d["mean_ratio_capped"] is not None)
               + f"  mean {v['mean_over_seeds']:.3f}")

@@ -288,4 +288,4 @@ def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = 
         words = frozenset().union(*forms.values())
         if len(seen) >= min_seen and sum(low[x] for x in words) <= max_share * total:
             out.append(VerbCategory(VERB_NAMES.get(lf, f"verbs of {lf}"), lf, words, tuple(seen)))
-    return sorted(out, key=lambda c: (-len(c.seen), c.name))[:limit]
+    return sorted(out, key=lambda c: -len(c.seen))[:limit]  # ties keep the tagged-count file order

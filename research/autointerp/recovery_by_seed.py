@@ -110,6 +110,26 @@ def summarise(paths: list[str], out: str) -> None:
         res["recovery"][f"best on test, read by {b}"] = {"per_seed": per_seed,
                                                            "mean_over_seeds": float(np.mean([v["mean_ratio_capped"] or 0
                                                                                             for v in per_seed.values()]))}
+    # sensitivity of each simulator's own recovery to the definition: the r the truth must exceed, and
+    # clipping ratios to [0, 1] (the benchmark caps at 1 only; a truth read at r just over the threshold
+    # turns a slightly negative found r into a large negative ratio)
+    sens = {}
+    for b, pb in zip(names, runs):
+        for thr in (MIN_TRUE_R, 0.1, 0.2):
+            for floor in (False, True):
+                per = []
+                for seed in seeds:
+                    vals = []
+                    for k in (k for k in keys if pb["rows"][k]["seed"] == seed):
+                        row = pb["rows"][k]
+                        f = row["test_r"][row["best"]] if row["best"] is not None else None
+                        x = f / row["true_r"] if f is not None and row["true_r"] is not None and row["true_r"] > thr else None
+                        vals.append(None if x is None else max(x, 0.0) if floor else x)
+                    per.append(capped_mean(vals))
+                sens[f"{b}, truth r > {thr}{', ratios clipped to [0, 1]' if floor else ''}"] = {
+                    "per_seed": [m for m, _ in per], "defined": [n for _, n in per],
+                    "mean_over_seeds": float(np.mean([m or 0 for m, _ in per]))}
+    res["sensitivity"] = sens
     res["per_feature"] = {k: {n: {"true_r": r["rows"][k]["true_r"],
                                   "found": r["rows"][k]["candidates"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None,
                                   "found_r": r["rows"][k]["test_r"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None}
@@ -119,6 +139,8 @@ def summarise(paths: list[str], out: str) -> None:
         print(f"{k:32s} " + "  ".join(f"seed {s}: {d['mean_ratio_capped']:.3f} ({d['defined']})"
                                       for s, d in v["per_seed"].items() if d["mean_ratio_capped"] is not None)
               + f"  mean {v['mean_over_seeds']:.3f}")
+    for k, v in sens.items():
+        print(f"{k:52s} {' '.join(f'{m:.3f}' for m in v['per_seed'])} ({v['defined']})  mean {v['mean_over_seeds']:.3f}")
     print(f"same candidates under every simulator: {res['same_candidates']} of {len(keys)}")
 
 

@@ -127,16 +127,9 @@ def main() -> None:
     for f in first_per_rule(held):
         if f["id"] in rec:
             continue
-        wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-        row, cpu_s = timed_pipeline(f, ex, sim, args.k)
-        test = [wins[i] for i in row["split"]["test"]]
-        true_r = simulation_r(sim, f["explanation"], test)
-        ratio = row["score"] / true_r if row["score"] is not None and true_r is not None and true_r > 0.05 else None
-        rec[f["id"]] = {"rule": f["rule"], "family": f["family"], "truth": f["explanation"], "found": row["explanation"],
-                        "found_r": row["score"], "true_r": true_r, "recovery": ratio, "candidates": row["candidates"],
-                        "cpu_s": cpu_s}
+        r = rec[f["id"]] = recovery_row(f, ex, sim, args.k)
         save()
-        print(f"(c) {f['rule']:18s} found {row['explanation']!r} r={row['score']}  true {f['explanation']!r} r={true_r}")
+        print(f"(c) {f['rule']:18s} found {r['found']!r} r={r['found_r']}  true {f['explanation']!r} r={r['true_r']}")
     mean_rec = mean_defined(r["recovery"] for r in rec.values())
     print(f"(c) mean recovery {mean_rec}")
     # ablation: the same explainer without the examples candidate (all k generated)
@@ -147,8 +140,7 @@ def main() -> None:
             row, _ = timed_pipeline(f, gen, sim, args.k)
             t = rec[f["id"]]["true_r"]
             rec_gen[f["id"]] = {"found": row["explanation"], "found_r": row["score"],
-                                "recovery": row["score"] / t if row["score"] is not None and t is not None and t > 0.05
-                                else None}
+                                "recovery": recovery_ratio(row["score"], t)}
             save()
 
     # ---- (c') recovery on every line of a rule: the same measure on twice the windows -------------------
@@ -164,16 +156,9 @@ def main() -> None:
         for f in merged_per_rule(all_held) if "all_lines" in key else first_per_rule(held):
             if f["id"] in rec_all:
                 continue
-            wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-            row, cpu_s = timed_pipeline(f, explainer, sim, args.k, seed)
-            true_r = simulation_r(sim, f["explanation"], [wins[i] for i in row["split"]["test"]])
-            ratio = row["score"] / true_r if row["score"] is not None and true_r is not None and true_r > 0.05 else None
-            rec_all[f["id"]] = {"rule": f["rule"], "family": f["family"], "truth": f["explanation"],
-                                "found": row["explanation"], "found_r": row["score"], "true_r": true_r,
-                                "recovery": ratio, "candidates": row["candidates"],
-                                "windows": {k: len(v) for k, v in row["split"].items()}, "cpu_s": cpu_s}
+            r = rec_all[f["id"]] = recovery_row(f, explainer, sim, args.k, seed)
             save()
-            print(f"(c') {key} {f['rule']:18s} found {row['explanation']!r} r={row['score']}  true r={true_r}")
+            print(f"(c') {key} {f['rule']:18s} found {r['found']!r} r={r['found_r']}  true r={r['true_r']}")
     rec_all = state["recovery_all_lines"]
     by_seed = [state[f"recovery_all_lines_seed{seed}"] if seed else rec_all for seed in range(args.seeds)]
     seed_mean = float(np.mean([recovery_summary(r)["mean_ratio_capped"] or 0 for r in by_seed]))
@@ -236,12 +221,33 @@ def main() -> None:
 
 
 def recovery_summary(rec: dict) -> dict:
-    """Recovery counted three ways over the features whose true explanation scores r > 0.05 (the rest
+    """Recovery counted three ways over the features whose true explanation scores r > MIN_TRUE_R (the rest
     have no defined ratio): mean ratio, mean ratio capped at 1, and how many reach 0.8."""
     ratios = [r["recovery"] for r in rec.values() if r["recovery"] is not None]
     return {"mean_ratio": float(np.mean(ratios)) if ratios else None,
             "mean_ratio_capped": float(np.mean(np.minimum(ratios, 1.0))) if ratios else None,
             "reached_0.8": sum(x >= 0.8 for x in ratios), "defined": len(ratios), "features": len(rec)}
+
+
+MIN_TRUE_R = 0.05  # a truth read at r <= this has no recovery ratio (too noisy a denominator)
+
+
+def recovery_ratio(found_r: float | None, true_r: float | None, min_true_r: float = MIN_TRUE_R) -> float | None:
+    """r(found) / r(truth) on the same test windows; None where either is undefined or the truth reads
+    at r <= min_true_r."""
+    ok = found_r is not None and true_r is not None and true_r > min_true_r
+    return found_r / true_r if ok else None
+
+
+def recovery_row(feature: dict, explainer, simulator, k: int, seed: int = 0) -> dict:
+    """timed_pipeline on a feature, then the truth's r on the same test windows and the recovery ratio."""
+    wins = [(w["tokens"], w["values"]) for w in feature["windows"]]
+    row, cpu_s = timed_pipeline(feature, explainer, simulator, k, seed)
+    true_r = simulation_r(simulator, feature["explanation"], [wins[i] for i in row["split"]["test"]])
+    return {"rule": feature["rule"], "family": feature["family"], "truth": feature["explanation"],
+            "found": row["explanation"], "found_r": row["score"], "true_r": true_r,
+            "recovery": recovery_ratio(row["score"], true_r), "candidates": row["candidates"],
+            "windows": {p: len(v) for p, v in row["split"].items()}, "cpu_s": cpu_s}
 
 
 def timed_pipeline(feature: dict, explainer, simulator, k: int, seed: int = 0) -> tuple[dict, float]:

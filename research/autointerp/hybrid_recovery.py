@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from autointerp import merged_per_rule, recovery_summary
+from autointerp import merged_per_rule, recovery_ratio, recovery_summary
 from metalens import load_subject
 from metalens.autointerp.explainer import simulation_r
 from metalens.autointerp.formats import split_windows
@@ -50,7 +50,7 @@ def main() -> None:
             found_r = simulation_r(sim, got["found"], test) if got["found"] else None
             cpu_s = time.process_time() - c0
             true_r = simulation_r(sim, f["explanation"], test)
-            ratio = found_r / true_r if found_r is not None and true_r is not None and true_r > 0.05 else None
+            ratio = recovery_ratio(found_r, true_r)
             rows[f["id"]] = {"truth": f["explanation"], "found": got["found"], "found_r": found_r, "true_r": true_r,
                              "recovery": ratio, "plain_found_r": got["found_r"], "plain_true_r": got["true_r"],
                              "cpu_s_found": cpu_s}

@@ -25,15 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autointerp import merged_per_rule
+from autointerp import MIN_TRUE_R, merged_per_rule, recovery_ratio
 from metalens import load_subject
 from metalens.autointerp.explainer import TrainedExplainer, select, simulation_r
 from metalens.autointerp.formats import split_windows
 from metalens.autointerp.simulator import TrainedSimulator, selector_of
 from metalens.io import atomic_write_json, jsonl_objects
-
-MIN_TRUE_R = 0.05  # as benchmarks/autointerp.py: below it the ratio is undefined
-
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
@@ -65,10 +62,6 @@ def run(args) -> None:
                   f"test r {test[best] if best is not None else None} true r {r['true_r']}", flush=True)
 
 
-def ratio(found: float | None, true: float | None) -> float | None:
-    return found / true if found is not None and true is not None and true > MIN_TRUE_R else None
-
-
 def capped_mean(xs: list) -> tuple[float | None, int]:
     d = [min(x, 1.0) for x in xs if x is not None]
     return (float(np.mean(d)) if d else None), len(d)
@@ -93,7 +86,7 @@ def summarise(paths: list[str], out: str) -> None:
                 for k in ks:
                     best = pa["rows"][k]["best"]
                     found = pb["rows"][k]["test_r"][best] if best is not None else None
-                    vals.append(ratio(found, pb["rows"][k]["true_r"]))
+                    vals.append(recovery_ratio(found, pb["rows"][k]["true_r"]))
                 m, n = capped_mean(vals)
                 per_seed[str(seed)] = {"mean_ratio_capped": m, "defined": n}
             ms = [v["mean_ratio_capped"] or 0 for v in per_seed.values()]
@@ -103,7 +96,7 @@ def summarise(paths: list[str], out: str) -> None:
     for b, pb in zip(names, runs):
         per_seed = {}
         for seed in seeds:
-            vals = [ratio(max((x for x in pb["rows"][k]["test_r"] if x is not None), default=None), pb["rows"][k]["true_r"])
+            vals = [recovery_ratio(max((x for x in pb["rows"][k]["test_r"] if x is not None), default=None), pb["rows"][k]["true_r"])
                     for k in keys if pb["rows"][k]["seed"] == seed]
             m, n = capped_mean(vals)
             per_seed[str(seed)] = {"mean_ratio_capped": m, "defined": n}
@@ -123,7 +116,7 @@ def summarise(paths: list[str], out: str) -> None:
                     for k in (k for k in keys if pb["rows"][k]["seed"] == seed):
                         row = pb["rows"][k]
                         f = row["test_r"][row["best"]] if row["best"] is not None else None
-                        x = f / row["true_r"] if f is not None and row["true_r"] is not None and row["true_r"] > thr else None
+                        x = recovery_ratio(f, row["true_r"], thr)
                         vals.append(None if x is None else max(x, 0.0) if floor else x)
                     per.append(capped_mean(vals))
                 sens[f"{b}, truth r > {thr}{', ratios clipped to [0, 1]' if floor else ''}"] = {

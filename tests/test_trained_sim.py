@@ -233,6 +233,30 @@ def test_wordnet_orders_do_not_depend_on_the_hash_seed(tmp_path):
     assert outs == {"[('Zeppelin', 'bus', 'cab', 'car')] [('go', 'hop', 'run', 'walk')]\n"}
 
 
+def test_extra_training_rules_verbs_and_position(tmp_path):
+    from metalens.autointerp import wordnet as W
+    from metalens.autointerp.trainset import extra_training_rules
+
+    root = tmp_path / "wn"
+    root.mkdir()
+    # hit and touch are contact verbs (35), eat is consumption (34, kept for a held-out set), walk is motion (38)
+    (root / "cntlist.rev").write_text("hit%2:35:00:: 1 9\ntouch%2:35:00:: 1 9\neat%2:34:00:: 1 9\nwalk%2:38:00:: 1 9\n")
+    counts = W.word_counts(["We hit it, touched it, ate and walked."])
+    rules = extra_training_rules(counts, ("contact",), True, root, min_seen=2, max_share=1.0)
+    assert [(r.name, r.family) for r in rules] == [("wn_verbs_contact", "wn_verbs"), ("after_comma", "position"),
+                                                    ("paren_first", "position")]
+    toks = ["We", " hit", " it", ",", " touched", " (", "and", " ate", ")", " walking", " hits"]
+    verbs, comma, paren = (r.values(toks) for r in rules)
+    np.testing.assert_array_equal(verbs, [0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(comma, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(paren, [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])
+    assert rules[0].explanations[0] == "verbs of touching and hitting"
+    for held in ("motion", "consumption"):  # the fresh set's and the third set's verb files are refused
+        with pytest.raises(ValueError, match=held):
+            extra_training_rules(counts, (held,), False, root)
+    assert extra_training_rules(counts, (), False, root) == []
+
+
 def test_fresh_context_rules_by_hand():
     toks = ["The", " cat", " sat", ".", " The", " dog", " saw", " the", " cat", "!", " Cats"]
     # "the" is skipped, "cat" repeats; "Cats" is another word; blocks of 6 tokens forget what came before

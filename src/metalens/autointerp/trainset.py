@@ -39,7 +39,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import (BUILTIN, Rule, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word,
+from .rules import (BUILTIN, Rule, after, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word,
                     sentence_end, word_lists)
 from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
@@ -64,6 +64,12 @@ FRESH_NAMES = {"state": "American states", "land": "continents and islands", "or
                "tissue": "body tissues", "body of water": "seas, rivers and lakes", "celestial body": "planets, stars and moons",
                "fish": "fish", "microorganism": "microbes and germs"}
 """how a person would say a fresh category whose WordNet head reads oddly (fixed before any was simulated)"""
+FRESH_VERB_LEXFILES = ("communication", "motion", "cognition", "perception", "creation", "emotion", "competition")
+"""the verb files of the fresh set's verb categories (what verb_categories gave it; no training rule may use them)"""
+THIRD_VERB_LEXFILES = ("consumption", "body", "weather")
+"""verb files kept for the planned third held-out set (no training rule may use them)"""
+STAGE6_VERB_LEXFILES = ("contact", "change", "possession", "social")
+"""verb files planned for the stage-6 training families (research/autointerp-trained-scorers.md)"""
 FRESH_VERB_SKIP = ("like", "mean", "use", "apply", "employ", "utilize", "base", "desert", "duck", "crow", "ring", "sign",
                    "train", "can", "will", "may", "must", "might", "shall", "need", "want")
 """verbs left out of the fresh verb categories: mostly used as another part of speech, or as a modal"""
@@ -110,6 +116,11 @@ class BuildConfig:
     """feature lines per listed-word rule"""
     list_heldout_words: bool = True
     """may a listed-word rule name (at most) one word of the held-out families' lists"""
+    verb_lexfiles: tuple[str, ...] = ()
+    """WordNet verb files whose verb categories join the training families (extra_training_rules; none
+    by default; the stage-6 plan names STAGE6_VERB_LEXFILES)"""
+    position_rules: bool = False
+    """add the word after a comma and the first word inside parentheses to the training families"""
 
 
 def _csv_column(path: Path, column: str) -> list[str]:
@@ -238,6 +249,7 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         cats = [c for c in wnet.categories(wn, seen_words, held_words, WN_SKIP_LEXFILES, limit=cfg.wordnet_categories + 20)
                 if c.name not in WN_SKIP_NAMES][: cfg.wordnet_categories]
         extra = category_rules(cats)
+    extra += extra_training_rules(seen_words, cfg.verb_lexfiles, cfg.position_rules, wn and cfg.wordnet_dir)
     lines_per = {}
     if cfg.list_rules:
         counts = seen_words
@@ -279,6 +291,47 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
     return paths
 
 
+def _phrasings(name: str, ex: Sequence[str], last: str) -> tuple[str, ...]:
+    """A category's four phrasings: its name, with two and with three of its members, and `last`."""
+    return (name, f"{name} like {ex[0]} or {ex[1]}", f"{name} ({', '.join(ex[:3])})", last)
+
+
+def _grammar() -> set[str]:
+    """Function words no verb category may hold."""
+    return set().union(*(BUILTIN[k] for k in ("pronouns", "articles", "prepositions", "conjunctions", "modals",
+                                              "be_verbs", "negations", "question_words")))
+
+
+def extra_training_rules(counts, verb_lexfiles: Sequence[str], position: bool,
+                         wordnet_dir: str | Path | None = wnet.WORDNET_DIR, min_seen: int = 6,
+                         max_share: float = 0.02) -> list[Rule]:
+    """Training families of kinds the first two held-out sets found missing: WordNet verb categories of
+    `verb_lexfiles` with all verb forms (family "wn_verbs"; no held-out set's verb file may be named) and,
+    with `position`, the word after a comma and the first word inside parentheses ("position").
+    min_seen, max_share: as wordnet.verb_categories."""
+    held = set(FRESH_VERB_LEXFILES) | set(THIRD_VERB_LEXFILES)
+    clash = set(verb_lexfiles) & held
+    if clash:
+        raise ValueError(f"verb files {sorted(clash)} belong to a held-out set (FRESH_VERB_LEXFILES, "
+                         f"THIRD_VERB_LEXFILES); pick from {sorted(set(wnet.VERB_LEXFILES.values()) - held)}")
+    out = []
+    if verb_lexfiles and wordnet_dir:
+        skip = set(wnet.VERB_LEXFILES.values()) - set(verb_lexfiles)
+        for c in wnet.verb_categories(wordnet_dir, counts, exclude=_grammar() | set(FRESH_VERB_SKIP), skip=skip,
+                                      min_seen=min_seen, max_share=max_share, limit=len(verb_lexfiles)):
+            out.append(Rule(f"wn_verbs_{c.lexfile}", "wn_verbs", _phrasings(c.name, c.seen[:3], f"{c.name} in any form"),
+                            in_list(set(c.words))))
+    if position:
+        out.append(Rule("after_comma", "position", ("the word after a comma", "the first word following a comma",
+                                                    "words right after ','", "what comes after a comma"),
+                        after(lambda w: w.endswith(","))))
+        out.append(Rule("paren_first", "position", ("the first word inside parentheses",
+                                                    "the word right after an opening bracket",
+                                                    "words just after '('", "the start of a parenthetical remark"),
+                        after(lambda w: w.endswith("("))))
+    return out
+
+
 def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wnet.WORDNET_DIR, n_nouns: int = 10,
                 n_verbs: int = 7, max_held_overlap: float = 0.2, window: int = 32) -> list[Rule]:
     """The fresh held-out set's rules (build_fresh), in families used neither in training nor in the
@@ -289,10 +342,6 @@ def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
     parts when WordNet is absent."""
     wn = wnet.read_wordnet(wordnet_dir)
     held = {w.lower() for k in HELD_LISTS for w in lists[k]}
-
-    def phrasings(name: str, ex: Sequence[str], last: str) -> tuple[str, ...]:
-        return (name, f"{name} like {ex[0]} or {ex[1]}", f"{name} ({', '.join(ex[:3])})", last)
-
     nouns = []
     if wn is not None:
         skip = set(wnet.LEXFILES.values()) - set(FRESH_LEXFILES)
@@ -304,14 +353,13 @@ def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
             ex = [w for i, w in enumerate(c.seen) if w.lower() not in head and w.lower() not in
                   {x.lower() for x in c.seen[:i]} and not (w.endswith("s") and w[:-1] in c.seen)][:3]
             nouns.append(Rule(f"fresh_{c.name.replace(' ', '_')}", f"fresh_{c.lexfile}",
-                              phrasings(name, ex, f"words for {name}"), in_list(set(c.words))))
+                              _phrasings(name, ex, f"words for {name}"), in_list(set(c.words))))
             if len(nouns) == n_nouns:
                 break
-    grammar = set().union(*(BUILTIN[k] for k in ("pronouns", "articles", "prepositions", "conjunctions", "modals",
-                                                   "be_verbs", "negations", "question_words")))
+    grammar = _grammar()
     verbs = wnet.verb_categories(wordnet_dir, counts, exclude=grammar | set(FRESH_VERB_SKIP), limit=n_verbs)
     out = nouns + [Rule(f"fresh_verbs_{c.lexfile}", "fresh_verbs",
-                        phrasings(c.name, c.seen[:3], f"{c.name} in any form"), in_list(set(c.words))) for c in verbs]
+                        _phrasings(c.name, c.seen[:3], f"{c.name} in any form"), in_list(set(c.words))) for c in verbs]
     out.append(Rule("fresh_repeats", "fresh_context", ("words repeated from earlier in the text",
                                                        "a word that already appeared before", "repeated words",
                                                        "the second time a word occurs"),

@@ -249,7 +249,8 @@ def build_trainset(out: str | Path, tokenizer, data_dir: str | Path | None = Non
         cats = [c for c in wnet.categories(wn, seen_words, held_words, WN_SKIP_LEXFILES, limit=cfg.wordnet_categories + 20)
                 if c.name not in WN_SKIP_NAMES][: cfg.wordnet_categories]
         extra = category_rules(cats)
-    extra += extra_training_rules(seen_words, cfg.verb_lexfiles, cfg.position_rules, wn and cfg.wordnet_dir)
+    extra += extra_training_rules(seen_words, cfg.verb_lexfiles, cfg.position_rules,
+                                  cfg.wordnet_dir if wn is not None else None)
     lines_per = {}
     if cfg.list_rules:
         counts = seen_words
@@ -302,6 +303,17 @@ def _grammar() -> set[str]:
                                               "be_verbs", "negations", "question_words")))
 
 
+def _verb_categories(counts, wordnet_dir: str | Path, **kw) -> list[wnet.VerbCategory]:
+    """wordnet.verb_categories without function words and FRESH_VERB_SKIP (kw: its other arguments)."""
+    return wnet.verb_categories(wordnet_dir, counts, exclude=_grammar() | set(FRESH_VERB_SKIP), **kw)
+
+
+def _verb_rules(cats: Sequence[wnet.VerbCategory], family: str) -> list[Rule]:
+    """One rule per verb category, every verb form ("<family>_<lexfile>")."""
+    return [Rule(f"{family}_{c.lexfile}", family, _phrasings(c.name, c.seen[:3], f"{c.name} in any form"),
+                 in_list(set(c.words))) for c in cats]
+
+
 def extra_training_rules(counts, verb_lexfiles: Sequence[str], position: bool,
                          wordnet_dir: str | Path | None = wnet.WORDNET_DIR, min_seen: int = 6,
                          max_share: float = 0.02) -> list[Rule]:
@@ -317,10 +329,8 @@ def extra_training_rules(counts, verb_lexfiles: Sequence[str], position: bool,
     out = []
     if verb_lexfiles and wordnet_dir:
         skip = set(wnet.VERB_LEXFILES.values()) - set(verb_lexfiles)
-        for c in wnet.verb_categories(wordnet_dir, counts, exclude=_grammar() | set(FRESH_VERB_SKIP), skip=skip,
-                                      min_seen=min_seen, max_share=max_share, limit=len(verb_lexfiles)):
-            out.append(Rule(f"wn_verbs_{c.lexfile}", "wn_verbs", _phrasings(c.name, c.seen[:3], f"{c.name} in any form"),
-                            in_list(set(c.words))))
+        out += _verb_rules(_verb_categories(counts, wordnet_dir, skip=skip, min_seen=min_seen, max_share=max_share,
+                                            limit=len(verb_lexfiles)), "wn_verbs")
     if position:
         out.append(Rule("after_comma", "position", ("the word after a comma", "the first word following a comma",
                                                     "words right after ','", "what comes after a comma"),
@@ -357,9 +367,8 @@ def fresh_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
             if len(nouns) == n_nouns:
                 break
     grammar = _grammar()
-    verbs = wnet.verb_categories(wordnet_dir, counts, exclude=grammar | set(FRESH_VERB_SKIP), limit=n_verbs)
-    out = nouns + [Rule(f"fresh_verbs_{c.lexfile}", "fresh_verbs",
-                        _phrasings(c.name, c.seen[:3], f"{c.name} in any form"), in_list(set(c.words))) for c in verbs]
+    verbs = _verb_categories(counts, wordnet_dir, limit=n_verbs)
+    out = nouns + _verb_rules(verbs, "fresh_verbs")
     out.append(Rule("fresh_repeats", "fresh_context", ("words repeated from earlier in the text",
                                                        "a word that already appeared before", "repeated words",
                                                        "the second time a word occurs"),

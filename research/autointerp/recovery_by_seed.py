@@ -27,9 +27,9 @@ import torch
 
 from autointerp import MIN_TRUE_R, merged_per_rule, recovery_ratio
 from metalens import load_subject
-from metalens.autointerp.explainer import TrainedExplainer, select, simulation_r
-from metalens.autointerp.formats import split_windows
-from metalens.autointerp.simulator import TrainedSimulator, selector_of
+from metalens.autointerp.explainer import TrainedExplainer, simulation_r
+from metalens.autointerp.formats import explain_one
+from metalens.autointerp.simulator import TrainedSimulator
 from metalens.io import atomic_write_json, jsonl_objects
 
 def run(args) -> None:
@@ -47,19 +47,18 @@ def run(args) -> None:
                 continue
             c0 = time.process_time()
             wins = [(w["tokens"], w["values"]) for w in f["windows"]]
-            parts = split_windows(wins, 0.0)
-            pick = lambda part: [wins[i] for i in parts[part]]  # noqa: E731
-            cands = ex.explain(pick("explain"), k=args.k, seed=seed)
-            best, sel = select(selector_of(sim), cands, pick("select") or pick("explain"))
-            test = [simulation_r(sim, c, pick("test")) for c in cands]
-            state["rows"][key] = {"seed": seed, "id": f["id"], "family": f["family"], "truth": f["explanation"],
-                                  "true_r": simulation_r(sim, f["explanation"], pick("test")), "candidates": cands,
-                                  "select_r": sel, "test_r": test, "best": best, "split": parts,
-                                  "cpu_s": time.process_time() - c0}
+            row = explain_one(f["id"], wins, ex, sim, k=args.k, seed=seed)  # as benchmarks/autointerp.py
+            cands = [c["text"] for c in row["candidates"]]
+            best = cands.index(row["explanation"]) if row["explanation"] is not None else None
+            test_wins = [wins[i] for i in row["split"]["test"]]
+            test = [row["score"] if i == best else simulation_r(sim, c, test_wins) for i, c in enumerate(cands)]
+            r = state["rows"][key] = {"seed": seed, "id": f["id"], "family": f["family"], "truth": f["explanation"],
+                                      "true_r": simulation_r(sim, f["explanation"], test_wins), "candidates": cands,
+                                      "select_r": [c["select_r"] for c in row["candidates"]], "test_r": test,
+                                      "best": best, "split": row["split"], "cpu_s": time.process_time() - c0}
             atomic_write_json(spath, state)
-            r = state["rows"][key]
-            print(f"{args.name} seed {seed} {f['id']:28s} best {cands[best] if best is not None else None!r} "
-                  f"test r {test[best] if best is not None else None} true r {r['true_r']}", flush=True)
+            print(f"{args.name} seed {seed} {f['id']:28s} best {row['explanation']!r} test r {row['score']} "
+                  f"true r {r['true_r']}", flush=True)
 
 
 def capped_mean(xs: list) -> tuple[float | None, int]:
@@ -75,34 +74,28 @@ def summarise(paths: list[str], out: str) -> None:
                  "same_candidates": sum(all(r["rows"][k]["candidates"] == runs[0]["rows"][k]["candidates"] for r in runs)
                                         for k in keys)}
     seeds = sorted({runs[0]["rows"][k]["seed"] for k in keys})
-    # recovery[picker][reader][seed]: candidate picked by `picker`, found and truth read by `reader`
-    table: dict = {}
-    for a, pa in zip(names, runs):
-        for b, pb in zip(names, runs):
-            per_seed = {}
-            for seed in seeds:
-                ks = [k for k in keys if pa["rows"][k]["seed"] == seed]
-                vals = []
-                for k in ks:
-                    best = pa["rows"][k]["best"]
-                    found = pb["rows"][k]["test_r"][best] if best is not None else None
-                    vals.append(recovery_ratio(found, pb["rows"][k]["true_r"]))
-                m, n = capped_mean(vals)
-                per_seed[str(seed)] = {"mean_ratio_capped": m, "defined": n}
-            ms = [v["mean_ratio_capped"] or 0 for v in per_seed.values()]
-            table[f"picked by {a}, read by {b}"] = {"per_seed": per_seed, "mean_over_seeds": float(np.mean(ms))}
-    res["recovery"] = table
+
+    def by_seed(ratio_of) -> dict:
+        """ratio_of(key) -> ratio or None; capped means per seed and their mean."""
+        per = {}
+        for seed in seeds:
+            m, n = capped_mean([ratio_of(k) for k in keys if runs[0]["rows"][k]["seed"] == seed])
+            per[str(seed)] = {"mean_ratio_capped": m, "defined": n}
+        return {"per_seed": per, "mean_over_seeds": float(np.mean([v["mean_ratio_capped"] or 0 for v in per.values()]))}
+
+    def found_r(picker: dict, reader: dict, k: str) -> float | None:
+        best = picker["rows"][k]["best"]
+        return reader["rows"][k]["test_r"][best] if best is not None else None
+
+    # candidate picked by one simulator, found and truth read by another
+    rec = {f"picked by {a}, read by {b}": by_seed(lambda k, pa=pa, pb=pb: recovery_ratio(found_r(pa, pb, k),
+                                                                                          pb["rows"][k]["true_r"]))
+           for a, pa in zip(names, runs) for b, pb in zip(names, runs)}
     # the best candidate on the test windows (an oracle pick): how much of recovery is the pick
     for b, pb in zip(names, runs):
-        per_seed = {}
-        for seed in seeds:
-            vals = [recovery_ratio(max((x for x in pb["rows"][k]["test_r"] if x is not None), default=None), pb["rows"][k]["true_r"])
-                    for k in keys if pb["rows"][k]["seed"] == seed]
-            m, n = capped_mean(vals)
-            per_seed[str(seed)] = {"mean_ratio_capped": m, "defined": n}
-        res["recovery"][f"best on test, read by {b}"] = {"per_seed": per_seed,
-                                                           "mean_over_seeds": float(np.mean([v["mean_ratio_capped"] or 0
-                                                                                            for v in per_seed.values()]))}
+        rec[f"best on test, read by {b}"] = by_seed(lambda k, pb=pb: recovery_ratio(
+            max((x for x in pb["rows"][k]["test_r"] if x is not None), default=None), pb["rows"][k]["true_r"]))
+    res["recovery"] = rec
     # sensitivity of each simulator's own recovery to the definition: the r the truth must exceed, and
     # clipping ratios to [0, 1] (the benchmark caps at 1 only; a truth read at r just over the threshold
     # turns a slightly negative found r into a large negative ratio)
@@ -110,30 +103,20 @@ def summarise(paths: list[str], out: str) -> None:
     for b, pb in zip(names, runs):
         for thr in (MIN_TRUE_R, 0.1, 0.2):
             for floor in (False, True):
-                per = []
-                for seed in seeds:
-                    vals = []
-                    for k in (k for k in keys if pb["rows"][k]["seed"] == seed):
-                        row = pb["rows"][k]
-                        f = row["test_r"][row["best"]] if row["best"] is not None else None
-                        x = recovery_ratio(f, row["true_r"], thr)
-                        vals.append(None if x is None else max(x, 0.0) if floor else x)
-                    per.append(capped_mean(vals))
-                sens[f"{b}, truth r > {thr}{', ratios clipped to [0, 1]' if floor else ''}"] = {
-                    "per_seed": [m for m, _ in per], "defined": [n for _, n in per],
-                    "mean_over_seeds": float(np.mean([m or 0 for m, _ in per]))}
+                def ratio_of(k, pb=pb, thr=thr, floor=floor):
+                    x = recovery_ratio(found_r(pb, pb, k), pb["rows"][k]["true_r"], thr)
+                    return None if x is None else max(x, 0.0) if floor else x
+                sens[f"{b}, truth r > {thr}{', ratios clipped to [0, 1]' if floor else ''}"] = by_seed(ratio_of)
     res["sensitivity"] = sens
     res["per_feature"] = {k: {n: {"true_r": r["rows"][k]["true_r"],
                                   "found": r["rows"][k]["candidates"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None,
                                   "found_r": r["rows"][k]["test_r"][r["rows"][k]["best"]] if r["rows"][k]["best"] is not None else None}
                               for n, r in zip(names, runs)} for k in keys}
     atomic_write_json(Path(out), res)
-    for k, v in res["recovery"].items():
-        print(f"{k:32s} " + "  ".join(f"seed {s}: {d['mean_ratio_capped']:.3f} ({d['defined']})"
+    for k, v in {**rec, **sens}.items():
+        print(f"{k:52s} " + "  ".join(f"seed {s}: {d['mean_ratio_capped']:.3f} ({d['defined']})"
                                       for s, d in v["per_seed"].items() if d["mean_ratio_capped"] is not None)
               + f"  mean {v['mean_over_seeds']:.3f}")
-    for k, v in sens.items():
-        print(f"{k:52s} {' '.join(f'{m:.3f}' for m in v['per_seed'])} ({v['defined']})  mean {v['mean_over_seeds']:.3f}")
     print(f"same candidates under every simulator: {res['same_candidates']} of {len(keys)}")
 
 

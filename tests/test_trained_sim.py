@@ -264,6 +264,9 @@ def test_fresh_context_rules_by_hand():
     np.testing.assert_array_equal(R.repeated_word(6, ["the"])(toks), np.zeros(11))
     np.testing.assert_array_equal(R.sentence_end(toks), [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0])
     np.testing.assert_array_equal(R.sentence_end(["We", " sing", "ing", "."]), [0, 1, 1, 0])
+    # a token of whitespace alone (SmolLM2 gives one before digits) ends no sentence
+    np.testing.assert_array_equal(R.sentence_end(["We", " met", " ", "5", " times", "."]), [0, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(R.sentence_start(["We", " met", " ", "5", " times"]), [1, 0, 0, 0, 0])
 
 
 def test_verb_forms_and_verb_categories(tmp_path):
@@ -307,6 +310,76 @@ def test_fresh_set_holds_only_families_never_trained(tmp_path):
     assert "fresh_sentence_end" in {o["rule"] for o in lines}  # (words repeat rarely in 32 characters)
     assert all(len(o["windows"]) == 4 and len(o["explanations"]) >= 3 for o in lines)
     assert path.stat().st_mtime == build_fresh(tmp_path / "fresh", subj.tokenizer, None, cfg).stat().st_mtime
+
+
+def test_third_context_rules_by_hand():
+    toks = ["He", ' said', ' "', "Go", " home", '."', " She", ' wrote', " \u201c", "yes", "\u201d", " too", "."]
+    # the last word of each quotation: "home" before '."' (a quote joined to a stop), "yes" in curly quotes
+    np.testing.assert_array_equal(R.quoted_last(toks), [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0])
+    assert R.quoted_last(['"', "open", " never", " closed"]).sum() == 0  # no closing quote: nothing ends
+    toks = ["The", " cat", " sat", ".", " The", " cat", " ran", ".", " A", " dog", " sat", " cat", "."]
+    # "cat" repeats the sentence before; the third sentence's "sat" is two sentences back; "the" is skipped
+    np.testing.assert_array_equal(R.repeated_from_previous(32, ["the"])(toks), [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(R.repeated_from_previous(4, ["the"])(toks), np.zeros(13))  # blocks forget
+
+
+def test_adjective_categories_by_cluster_first_sense_and_part_of_speech(tmp_path):
+    from metalens.autointerp import wordnet as W
+
+    root = tmp_path / "wn"
+    root.mkdir()
+    assert W.adjective_categories(root, W.word_counts(["big"])) == []  # no WordNet: no categories
+    # head "large" (a) with satellites big and huge (s, "&" to the head); head "small" with tiny; "fast" is
+    # mostly an adverb; "frozen" is a form of the verb freeze
+    (root / "data.adj").write_text("\n".join([
+        "  licence header line",
+        "00000001 00 a 01 large 0 001 ! 00000004 a 0101 | above average in size",
+        "00000002 00 s 02 big 0 huge 0 001 & 00000001 a 0000 | very large",
+        "00000003 00 s 02 frozen 0 fast 0 001 & 00000001 a 0000 | odd members",
+        "00000004 00 a 01 small(a) 0 001 ! 00000001 a 0101 | below average in size",
+        "00000005 00 s 01 tiny 0 001 & 00000004 a 0000 | very small"]) + "\n")
+    (root / "index.adj").write_text("\n".join([
+        "large a 1 1 ! 1 3 00000001", "big a 2 1 & 2 5 00000002 00000004", "huge a 1 1 & 1 2 00000002",
+        "frozen a 1 1 & 1 2 00000003", "fast a 1 1 & 1 1 00000003", "small a 1 1 ! 1 4 00000004",
+        "tiny a 1 1 & 1 1 00000005"]) + "\n")
+    (root / "index.adv").write_text("fast r 1 0 1 9 00000009\n")
+    (root / "index.verb").write_text("freeze v 1 1 @ 1 5 00000010\n")
+    (root / "verb.exc").write_text("froze freeze\nfrozen freeze\n")
+    (root / "adj.exc").write_text("bigger big\n")
+    counts = W.word_counts(["A large, big, bigger and huge dog met a small tiny frozen fast cat. Large."])
+    cats = W.adjective_categories(root, counts, min_seen=1, min_count=1, max_share=1.0)
+    large = next(c for c in cats if c.name == "large")
+    assert large.words == {"large", "big", "bigger", "huge"} and large.seen[0] == "large"
+    assert [c.name for c in cats] == ["large", "small"]  # most members seen first
+    no_huge = W.adjective_categories(root, counts, exclude=["huge"], min_seen=1, min_count=1, max_share=1.0)
+    assert no_huge[0].words == {"large", "big", "bigger"}
+    assert W.adjective_categories(root, counts, exclude=["huge"], min_seen=3, min_count=1, max_share=1.0) == []
+    assert W.adjective_categories(root, counts, min_seen=1, min_count=100, max_share=1.0) == []
+
+
+def test_third_set_holds_only_families_never_trained_or_held_out_before(tmp_path):
+    from metalens.autointerp.trainset import BuildConfig, build_third
+    from metalens.io import jsonl_objects
+
+    subj = tiny_llama(seed=3)
+    cfg = BuildConfig(window=32, max_tokens=96, windows_per_feature=4, wordnet_dir=str(tmp_path / "no_wordnet"))
+    with pytest.raises(FileNotFoundError, match="tense.csv"):
+        build_third(tmp_path / "none", subj.tokenizer, tmp_path / "empty", cfg)
+    ao = tmp_path / "ao"
+    (ao / "classification_datasets" / "tense").mkdir(parents=True)
+    (ao / "classification_datasets" / "tense" / "tense.csv").write_text(
+        "sentence,tense\nCats ran.,past\nCats sat.,past\nCats sat.,past\nDogs will run,future\n")  # the repeated line is dropped
+    (ao / "latentqa_datasets" / "eval").mkdir(parents=True)
+    (ao / "latentqa_datasets" / "eval" / "qa.json").write_text(json.dumps(
+        {"p": [["What does the model say?", 'The model says "hello there" to users.'], ["Why?", "It is kind."]]}))
+    path = build_third(tmp_path / "third", subj.tokenizer, ao, cfg)
+    lines = [o for _, o in jsonl_objects(path)]
+    fams = {o["family"] for o in lines}
+    assert fams and all(f.startswith("third_") for f in fams) and not fams & set(R.FAMILIES)
+    assert {o["rule"] for o in lines} >= {"third_quoted_last", "third_repeat_previous"}  # no WordNet: no categories
+    meta = json.loads((tmp_path / "third" / "third_meta.json").read_text())
+    assert meta["sources"] == {"tense": 1, "latentqa": 1}  # 3 distinct sentences make one text
+    assert path.stat().st_mtime == build_third(tmp_path / "third", subj.tokenizer, ao, cfg).stat().st_mtime
 
 
 # ---- training, saving, loading ---------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def after(pred: Callable[[str], bool], gap: int = 1) -> Fn:
 
 def _words_and_stops(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
     """Words (synthetic.words) and the tokens ending in . ! or ?, in text order: (text, [token indices])."""
-    stops = [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip()[-1:] in ".!?"]
+    stops = [(t.strip(), [i]) for i, t in enumerate(tokens) if t.strip() and t.strip()[-1] in ".!?"]
     return sorted(words(tokens) + stops, key=lambda u: u[1][0])
 
 
@@ -225,6 +225,55 @@ def sentence_end(tokens: Sequence[str]) -> np.ndarray:
         else:
             last = idx
     return v
+
+
+QUOTES = {'"': None, "\u201c": True, "\u201d": False}
+"""quotation marks: '"' opens or closes (whichever is due), the curly ones open (True) or close (False)"""
+
+
+def quoted_last(tokens: Sequence[str]) -> np.ndarray:
+    """1 for every token of the last word inside each pair of quotation marks (QUOTES), read character by
+    character, so a quote joined to a word or to punctuation in one token counts."""
+    v = np.zeros(len(tokens))
+    word_of = {i: idx for _, idx in words(tokens) for i in idx}
+    inside, last = False, None
+    for i, t in enumerate(tokens):
+        for ch in t:
+            if ch in QUOTES:
+                opens = QUOTES[ch] if QUOTES[ch] is not None else not inside
+                if not opens and inside and last is not None:
+                    v[last] = 1.0
+                inside, last = opens, None
+            elif ch.isalnum() and inside and i in word_of:
+                last = word_of[i]
+    return v
+
+
+def repeated_from_previous(span: int = 32, skip: Sequence[str] = ()) -> Fn:
+    """1 for every token of a word (3+ letters, any case, not in `skip`) that occurs in the sentence just
+    before its own (sentences end at . ! or ?). As repeated_word, only the block of `span` tokens a word
+    is in counts: a sentence begun in an earlier block is read from the block's start."""
+    skip_low = {w.lower() for w in skip}
+
+    def fn(tokens: Sequence[str]) -> np.ndarray:
+        v = np.zeros(len(tokens))
+        prev: set[str] = set()
+        cur: set[str] = set()
+        block = 0
+        for w, idx in _words_and_stops(tokens):
+            if idx[0] // span != block:
+                block, prev, cur = idx[0] // span, set(), set()
+            if _is_stop(w):
+                prev, cur = cur, set()
+                continue
+            key = w.lower()
+            if len(key) >= 3 and key.isalpha() and key not in skip_low and idx[-1] // span == block:
+                if key in prev:
+                    v[idx] = 1.0
+                cur.add(key)
+        return v
+
+    return fn
 
 
 def mx(a: Fn, b: Fn) -> Fn:

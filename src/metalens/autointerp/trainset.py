@@ -32,6 +32,7 @@ only pydoc, WordNet and the hand-written sentences are used (and the built-in wo
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -39,8 +40,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..io import atomic_write_json, write_jsonl
-from .rules import (BUILTIN, Rule, after, category_rules, in_list, listed_rules, make_rules, mn, mx, repeated_word,
-                    sentence_end, word_lists)
+from .rules import (BUILTIN, Rule, after, category_rules, in_list, listed_rules, make_rules, mn, mx, quoted_last,
+                    repeated_from_previous, repeated_word, sentence_end, word_lists)
 from . import wordnet as wnet
 from .synthetic import SENTENCES, pydoc_paragraphs
 
@@ -67,12 +68,16 @@ FRESH_NAMES = {"state": "American states", "land": "continents and islands", "or
 FRESH_VERB_LEXFILES = ("communication", "motion", "cognition", "perception", "creation", "emotion", "competition")
 """the verb files of the fresh set's verb categories (what verb_categories gave it; no training rule may use them)"""
 THIRD_VERB_LEXFILES = ("consumption", "body", "weather")
-"""verb files kept for the planned third held-out set (no training rule may use them)"""
+"""verb files of the third held-out set (build_third; no training rule may use them)"""
+THIRD_SOURCES = ("tense", "latentqa")
+"""text of the third held-out set: everyday sentences of the tense dataset and the question-and-answer
+dialogues of latentqa's eval split, which no autointerp set had read"""
 STAGE6_VERB_LEXFILES = ("contact", "change", "possession", "social")
 """verb files planned for the stage-6 training families (research/autointerp-trained-scorers.md)"""
 FRESH_VERB_SKIP = ("like", "mean", "use", "apply", "employ", "utilize", "base", "desert", "duck", "crow", "ring", "sign",
-                   "train", "can", "will", "may", "must", "might", "shall", "need", "want")
-"""verbs left out of the fresh verb categories: mostly used as another part of speech, or as a modal"""
+                   "train", "can", "will", "may", "must", "might", "shall", "need", "want", "don")
+"""verbs left out of every verb category: mostly used as another part of speech, or as a modal ("don" is
+what the words of "don't" count as)"""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,10 @@ def text_sources(data_dir: str | Path | None, n_pydoc: int = 600, wn=None, n_wor
     claims = _csv_column(root / "gmt" / "common_claim_true_false.csv", "statement") if root else []
     companies = _csv_column(root / "gmt" / "companies_true_false.csv", "statement") if root else []
     lines = [s for s in SENTENCES.splitlines() if s.strip()]
+    tense = list(dict.fromkeys(_csv_column(root / "tense" / "tense.csv", "sentence"))) if root else []
+    qa_path = Path(data_dir) / "latentqa_datasets" / "eval" / "qa.json" if data_dir else None
+    qa = ([" ".join(f"{q} {a}" for q, a in pairs) for pairs in json.loads(qa_path.read_text()).values()]
+          if qa_path is not None and qa_path.is_file() else [])
     return {
         "news": [" ".join(t.split()) for t in _csv_column(root / "engels" / "139_news_class_Politics.csv", "prompt")]
         if root else [],
@@ -150,6 +159,8 @@ def text_sources(data_dir: str | Path | None, n_pydoc: int = 600, wn=None, n_wor
         "sentences": [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)],
         "wordnet": ex,
         "companies": [" ".join(companies[i : i + 4]) for i in range(0, len(companies), 4)],
+        "tense": [" ".join(tense[i : i + 4]) for i in range(0, len(tense), 4)],
+        "latentqa": qa,
     }
 
 
@@ -417,6 +428,82 @@ def build_fresh(out: str | Path, tokenizer, data_dir: str | Path | None = None, 
     write_jsonl(path, lines)
     atomic_write_json(out / "fresh_meta.json", {"config": asdict(cfg), "sources": {s: len(srcs[s]) for s in FRESH_SOURCES},
                                                 "rules": [{"name": r.name, "family": r.family,
+                                                           "explanations": list(r.explanations)} for r in rules],
+                                                "lines": len(lines)})
+    return path
+
+
+def third_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wnet.WORDNET_DIR, n_adj: int = 8,
+                max_list_overlap: float = 0.2, window: int = 32) -> list[Rule]:
+    """The third held-out set's rules (build_third), of kinds no training rule and no earlier set holds:
+    WordNet verb categories of THIRD_VERB_LEXFILES with enough members seen ("third_verbs"); WordNet
+    adjective clusters (wordnet.adjective_categories) whose seen members share at most `max_list_overlap`
+    with any word list of rules.py ("third_adjectives"); the last word inside quotation marks and words
+    repeated from the previous sentence ("third_context", sentences read within each `window`); an AND
+    (verbs of eating and drinking in the -ing form) and an OR (the first two adjective clusters) of those
+    ("third_compound"). [] of the WordNet parts when WordNet is absent."""
+    grammar = _grammar()
+    skip = set(wnet.VERB_LEXFILES.values()) - set(THIRD_VERB_LEXFILES)
+    verbs = _verb_categories(counts, wordnet_dir, skip=skip, limit=len(THIRD_VERB_LEXFILES))
+    listed = {w.lower() for ws in lists.values() for w in ws} | {w.lower() for ws in BUILTIN.values() for w in ws}
+    adjs = [c for c in wnet.adjective_categories(wordnet_dir, counts, exclude=grammar, limit=4 * n_adj)
+            if sum(w in listed for w in c.seen) <= max_list_overlap * len(c.seen)][:n_adj]
+    out = _verb_rules(verbs, "third_verbs")
+    for c in adjs:
+        ex = [w for w in c.seen if w != c.name][:3]
+        out.append(Rule(f"third_adj_{c.name}", "third_adjectives",
+                        _phrasings(f"adjectives meaning {c.name}", ex, f"words that mean {c.name}"), in_list(set(c.words))))
+    out.append(Rule("third_quoted_last", "third_context", ("the last word inside quotation marks",
+                                                           "the word just before a closing quote",
+                                                           "the final word of a quotation", "the end of quoted text"),
+                    quoted_last))
+    out.append(Rule("third_repeat_previous", "third_context", ("words repeated from the previous sentence",
+                                                               "a word the sentence before also used",
+                                                               "words carried over from the last sentence",
+                                                               "repeats of the previous sentence's words"),
+                    repeated_from_previous(window, sorted(grammar))))
+    eat = next((c for c in verbs if c.lexfile == "consumption"), None)
+    if eat is not None:
+        out.append(Rule("third_eating_ing", "third_compound",
+                        ("verbs of eating and drinking in the -ing form", "eating or drinking verbs ending in -ing",
+                         "-ing forms of verbs like eat or drink", "consuming, as an -ing verb"),
+                        mn(in_list(eat.words), in_list({w for w in eat.words if w.endswith("ing")}))))
+    if len(adjs) >= 2:
+        a, b = (c.name for c in adjs[:2])
+        out.append(Rule("third_adj_or", "third_compound", (f"adjectives meaning {a} or {b}", f"words for {a} or {b} things",
+                                                           f"either {a} or {b} adjectives"),
+                        mx(in_list(set(adjs[0].words)), in_list(set(adjs[1].words)))))
+    return out
+
+
+def build_third(out: str | Path, tokenizer, data_dir: str | Path | None = None, cfg: BuildConfig = BuildConfig(),
+                n_adj: int = 8) -> Path:
+    """Write `out`/heldout.jsonl (and third_meta.json): third_rules on the THIRD_SOURCES text,
+    cfg.eval_lines_per_rule lines per rule, in build_trainset's heldout.jsonl format. The third held-out
+    set, built after the stage-6 simulator was trained (research/autointerp-trained-scorers.md), so that
+    neither simulator nor any reading rule was chosen on it."""
+    out = Path(out)
+    path = out / "heldout.jsonl"
+    if path.exists():
+        return path
+    rel = Path(data_dir) / "classification_datasets" / "relations" if data_dir else None
+    lists = word_lists(rel)
+    srcs = text_sources(data_dir, 0)
+    raw = [t for s in THIRD_SOURCES for t in srcs[s]]
+    if not raw:
+        raise FileNotFoundError(f"no third-set text under {data_dir!r}: it needs classification_datasets/tense/"
+                                "tense.csv or latentqa_datasets/eval/qa.json (pass the shared data root)")
+    rules = third_rules(wnet.word_counts(raw), lists, cfg.wordnet_dir or wnet.WORDNET_DIR, n_adj, window=cfg.window)
+    texts = tokenize(tokenizer, raw, cfg.max_tokens)
+    rng = np.random.default_rng([cfg.seed, 13])
+    lines, active = [], {}
+    for r in rules:
+        wins = windows_of(texts, r, cfg.window)
+        active[r.name] = sum(v.max() > 0 for _, v in wins)
+        lines += feature_lines(r, wins, cfg.eval_lines_per_rule, cfg, rng, "third", False)
+    write_jsonl(path, lines)
+    atomic_write_json(out / "third_meta.json", {"config": asdict(cfg), "sources": {s: len(srcs[s]) for s in THIRD_SOURCES},
+                                                "rules": [{"name": r.name, "family": r.family, "active_windows": int(active[r.name]),
                                                            "explanations": list(r.explanations)} for r in rules],
                                                 "lines": len(lines)})
     return path

@@ -289,3 +289,94 @@ def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = 
         if len(seen) >= min_seen and sum(low[x] for x in words) <= max_share * total:
             out.append(VerbCategory(VERB_NAMES.get(lf, f"verbs of {lf}"), lf, words, tuple(seen)))
     return sorted(out, key=lambda c: -len(c.seen))[:limit]  # ties keep the tagged-count file order
+
+
+class AdjCategory(NamedTuple):
+    name: str
+    """the head adjective, e.g. "large" """
+    words: frozenset[str]
+    """member adjectives (lower case) and their irregular forms (adj.exc: "bigger", "best")"""
+    seen: tuple[str, ...]
+    """members that occur in the counted text, most frequent first"""
+
+
+def _index_counts(path: Path) -> dict[str, tuple[int, list[str]]]:
+    """lemma -> (tagged sense count, synset offsets most frequent first) from an index.<pos> file."""
+    out = {}
+    if path.is_file():
+        for line in open(path, encoding="utf-8", errors="replace"):
+            if not line.startswith("  "):
+                f = line.split()
+                n_ptr = int(f[3])
+                out[f[0]] = (int(f[4 + n_ptr + 1]), f[4 + n_ptr + 2 :])
+    return out
+
+
+def adjective_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = (), min_seen: int = 4,
+                         min_count: int = 12, max_share: float = 0.02, limit: int = 8) -> list[AdjCategory]:
+    """One category per WordNet adjective cluster: a head adjective and its satellites ("large": big, huge,
+    vast, ...). An adjective belongs to the cluster of its most frequent sense (the first synset
+    index.adj lists for it: the head itself or a satellite pointing to it by "&") when it is a single
+    word of 3+ letters and seen in WordNet's tagged corpus more often as an adjective than as a noun,
+    verb or adverb, and is not a form of a WordNet verb other than its base (no participles: "given",
+    "boring"). `exclude`: words left out. Clusters with fewer than `min_seen` members seen in
+    `counts`, occurring fewer than `min_count` times in all, or whose words make up more than `max_share` of all words, are dropped; the rest come
+    most members seen first (ties by name). [] when WordNet's files are absent."""
+    root = Path(root)
+    if not (root / "data.adj").is_file() or not (root / "index.adj").is_file():
+        return []
+    head_of: dict[str, str] = {}  # synset offset -> its cluster's head offset
+    head_name: dict[str, str] = {}
+    for line in open(root / "data.adj", encoding="utf-8", errors="replace"):
+        if line.startswith("  "):
+            continue
+        f = line.split(" | ")[0].split()
+        n = int(f[3], 16)
+        p = 4 + 2 * n
+        ptrs = [f[p + 1 + 4 * i : p + 5 + 4 * i] for i in range(int(f[p]))]
+        if f[2] == "a":
+            head_of[f[0]] = f[0]
+            head_name[f[0]] = re.sub(r"\(.*\)$", "", f[4])
+        else:  # satellite: "&" points to its head
+            up = [off for sym, off, pos, _ in ptrs if sym == "&"]
+            if up:
+                head_of[f[0]] = up[0]
+    adj = _index_counts(root / "index.adj")
+    other: Counter = Counter()
+    for pos in ("noun", "verb", "adv"):
+        for lemma, (n, _) in _index_counts(root / f"index.{pos}").items():
+            other[lemma] += n
+    excl = {w.lower() for w in exclude}
+    verb_exc: dict[str, set[str]] = {}
+    if (root / "verb.exc").is_file():
+        for line in open(root / "verb.exc", encoding="utf-8", errors="replace"):
+            f = line.split()
+            if len(f) == 2:
+                verb_exc.setdefault(f[1], set()).add(f[0])
+    for v in _index_counts(root / "index.verb"):  # participles ("given", "boring") are verbs' forms, left out
+        if re.fullmatch(r"[a-z]+", v):
+            excl |= verb_forms(v, verb_exc) - {v, plural(v)}
+    clusters: dict[str, set[str]] = {}
+    for lemma, (n, offs) in adj.items():
+        if re.fullmatch(r"[a-z]{3,}", lemma) and lemma not in excl and n > other[lemma] and offs[0] in head_of:
+            clusters.setdefault(head_of[offs[0]], set()).add(lemma)
+    irregular: dict[str, set[str]] = {}
+    if (root / "adj.exc").is_file():
+        for line in open(root / "adj.exc", encoding="utf-8", errors="replace"):
+            f = line.split()
+            if len(f) >= 2:
+                for base in f[1:]:
+                    irregular.setdefault(base, set()).add(f[0])
+    low = lower_counts(counts)
+    total = sum(counts.values())
+    out = []
+    for off, lemmas in clusters.items():
+        name = head_name.get(off, "")
+        if not re.fullmatch(r"[a-z]+", name):
+            continue
+        seen = sorted((w for w in lemmas if low[w]), key=lambda w: (-low[w], w))
+        words = frozenset(lemmas | set().union(*(irregular.get(w, set()) for w in lemmas)))
+        n = sum(low[x] for x in words)
+        if len(seen) >= min_seen and min_count <= n <= max_share * total:
+            out.append(AdjCategory(name, words, tuple(seen)))
+    return sorted(out, key=lambda c: (-len(c.seen), c.name))[:limit]

@@ -338,6 +338,7 @@ def main() -> None:
     ap.add_argument("--prompt-windows", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--result", default="autointerp_latents", help="result name under benchmarks/results/ (no .json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -459,7 +460,7 @@ def main() -> None:
                "explain_total": float(np.sum(explain_cpu)), "validity": v["cpu_s"], "token_list": vt["cpu_s"]},
         target={"validity_auroc>=0.85": v["auroc"] is not None and v["auroc"] >= 0.85},
     )
-    write_result("autointerp_latents", result, threads=args.threads)
+    write_result(args.result, result, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -420,17 +420,27 @@ def build_fresh(out: str | Path, tokenizer, data_dir: str | Path | None = None, 
     raw = [t for s in FRESH_SOURCES for t in srcs[s]]
     rules = fresh_rules(wnet.word_counts(raw), lists, cfg.wordnet_dir or wnet.WORDNET_DIR, n_nouns, n_verbs,
                         window=cfg.window)
-    texts = tokenize(tokenizer, raw, cfg.max_tokens)
-    rng = np.random.default_rng([cfg.seed, 11])
-    lines = []
+    return _write_heldout(out, "fresh", rules, tokenize(tokenizer, raw, cfg.max_tokens), cfg, 11,
+                          {s: len(srcs[s]) for s in FRESH_SOURCES})
+
+
+def _write_heldout(out: Path, tag: str, rules: Sequence[Rule], texts: list[list[str]], cfg: BuildConfig, seed_tag: int,
+                   sources: dict[str, int]) -> Path:
+    """Write out/heldout.jsonl (cfg.eval_lines_per_rule lines per rule, ids "<rule>/<tag>/<j>", sampled with
+    seed [cfg.seed, seed_tag]) and out/<tag>_meta.json (config, sources, rules with how many windows each
+    fires in, lines): the held-out sets build_fresh and build_third write."""
+    rng = np.random.default_rng([cfg.seed, seed_tag])
+    lines, active = [], {}
     for r in rules:
-        lines += feature_lines(r, windows_of(texts, r, cfg.window), cfg.eval_lines_per_rule, cfg, rng, "fresh", False)
-    write_jsonl(path, lines)
-    atomic_write_json(out / "fresh_meta.json", {"config": asdict(cfg), "sources": {s: len(srcs[s]) for s in FRESH_SOURCES},
-                                                "rules": [{"name": r.name, "family": r.family,
-                                                           "explanations": list(r.explanations)} for r in rules],
-                                                "lines": len(lines)})
-    return path
+        wins = windows_of(texts, r, cfg.window)
+        active[r.name] = int(sum(v.max() > 0 for _, v in wins))
+        lines += feature_lines(r, wins, cfg.eval_lines_per_rule, cfg, rng, tag, False)
+    write_jsonl(out / "heldout.jsonl", lines)
+    atomic_write_json(out / f"{tag}_meta.json", {"config": asdict(cfg), "sources": sources,
+                                                 "rules": [{"name": r.name, "family": r.family, "active_windows": active[r.name],
+                                                            "explanations": list(r.explanations)} for r in rules],
+                                                 "lines": len(lines)})
+    return out / "heldout.jsonl"
 
 
 def third_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wnet.WORDNET_DIR, n_adj: int = 8,
@@ -445,7 +455,7 @@ def third_rules(counts, lists: dict[str, set[str]], wordnet_dir: str | Path = wn
     grammar = _grammar()
     skip = set(wnet.VERB_LEXFILES.values()) - set(THIRD_VERB_LEXFILES)
     verbs = _verb_categories(counts, wordnet_dir, skip=skip, limit=len(THIRD_VERB_LEXFILES))
-    listed = {w.lower() for ws in lists.values() for w in ws} | {w.lower() for ws in BUILTIN.values() for w in ws}
+    listed = {w.lower() for ws in lists.values() for w in ws}  # word_lists() holds the built-in lists too
     adjs = [c for c in wnet.adjective_categories(wordnet_dir, counts, exclude=grammar, limit=4 * n_adj)
             if sum(w in listed for w in c.seen) <= max_list_overlap * len(c.seen)][:n_adj]
     out = _verb_rules(verbs, "third_verbs")
@@ -494,16 +504,5 @@ def build_third(out: str | Path, tokenizer, data_dir: str | Path | None = None, 
         raise FileNotFoundError(f"no third-set text under {data_dir!r}: it needs classification_datasets/tense/"
                                 "tense.csv or latentqa_datasets/eval/qa.json (pass the shared data root)")
     rules = third_rules(wnet.word_counts(raw), lists, cfg.wordnet_dir or wnet.WORDNET_DIR, n_adj, window=cfg.window)
-    texts = tokenize(tokenizer, raw, cfg.max_tokens)
-    rng = np.random.default_rng([cfg.seed, 13])
-    lines, active = [], {}
-    for r in rules:
-        wins = windows_of(texts, r, cfg.window)
-        active[r.name] = sum(v.max() > 0 for _, v in wins)
-        lines += feature_lines(r, wins, cfg.eval_lines_per_rule, cfg, rng, "third", False)
-    write_jsonl(path, lines)
-    atomic_write_json(out / "third_meta.json", {"config": asdict(cfg), "sources": {s: len(srcs[s]) for s in THIRD_SOURCES},
-                                                "rules": [{"name": r.name, "family": r.family, "active_windows": int(active[r.name]),
-                                                           "explanations": list(r.explanations)} for r in rules],
-                                                "lines": len(lines)})
-    return path
+    return _write_heldout(out, "third", rules, tokenize(tokenizer, raw, cfg.max_tokens), cfg, 13,
+                          {s: len(srcs[s]) for s in THIRD_SOURCES})

@@ -59,6 +59,35 @@ class Category(NamedTuple):
     """members that occur in the counted text, most frequent first"""
 
 
+def _index_counts(path: Path) -> dict[str, tuple[int, list[str]]]:
+    """lemma -> (tagged sense count, synset offsets most frequent first) from an index.<pos> file ({} when
+    absent)."""
+    out = {}
+    if path.is_file():
+        for line in open(path, encoding="utf-8", errors="replace"):
+            if not line.startswith("  "):  # licence header
+                f = line.split()
+                n_ptr = int(f[3])
+                offs = f[4 + n_ptr + 2 :]
+                if len(offs) != int(f[2]):
+                    raise ValueError(f"{path}: {len(offs)} synsets where the line says {f[2]}: {line.strip()!r}")
+                out[f[0]] = (int(f[4 + n_ptr + 1]), offs)
+    return out
+
+
+def _exceptions(path: Path, max_bases: int | None = None) -> dict[str, set[str]]:
+    """base -> its irregular forms from a <pos>.exc file ("went go": go -> {went}); lines naming more than
+    `max_bases` bases are skipped ({} when the file is absent)."""
+    out: dict[str, set[str]] = {}
+    if path.is_file():
+        for line in open(path, encoding="utf-8", errors="replace"):
+            f = line.split()
+            if len(f) >= 2 and (max_bases is None or len(f) - 1 <= max_bases):
+                for base in f[1:]:
+                    out.setdefault(base, set()).add(f[0])
+    return out
+
+
 def read_wordnet(root: str | Path = WORDNET_DIR) -> WordNet | None:
     """The noun part of WordNet under `root`, or None when its files are not there."""
     root = Path(root)
@@ -77,23 +106,13 @@ def read_wordnet(root: str | Path = WORDNET_DIR) -> WordNet | None:
         ptrs = [f[p + 1 + 4 * i : p + 5 + 4 * i] for i in range(n_ptr)]
         up = tuple(off for sym, off, pos, _ in ptrs if sym in ("@", "@i") and pos == "n")
         synsets[f[0]] = Synset(LEXFILES.get(int(f[1]), f[1]), lemmas, up, gloss.strip())
-    first, tagged = {}, {}
-    for line in open(root / "index.noun", encoding="utf-8", errors="replace"):
-        if line.startswith("  "):
-            continue
-        f = line.split()
-        n_syn, n_ptr = int(f[2]), int(f[3])
-        offs = f[4 + n_ptr + 2 :]
-        first[f[0]] = offs[0]
-        tagged[f[0]] = int(f[4 + n_ptr + 1])
-        assert len(offs) == n_syn, line
+    nouns = _index_counts(root / "index.noun")
+    first = {lemma: offs[0] for lemma, (_, offs) in nouns.items()}
+    tagged = {lemma: n for lemma, (n, _) in nouns.items()}
     other: dict[str, int] = {}
     for pos in ("verb", "adj", "adv"):
-        if (root / f"index.{pos}").is_file():
-            for line in open(root / f"index.{pos}", encoding="utf-8", errors="replace"):
-                if not line.startswith("  "):
-                    f = line.split()
-                    other[f[0]] = other.get(f[0], 0) + int(f[4 + int(f[3]) + 1])
+        for lemma, (n, _) in _index_counts(root / f"index.{pos}").items():
+            other[lemma] = other.get(lemma, 0) + n
     return WordNet(synsets, first, tagged, other)
 
 
@@ -264,12 +283,7 @@ def verb_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = 
             verb.setdefault(lemma, Counter())[VERB_LEXFILES.get(int(filenum), filenum)] += int(n)
         else:
             other[lemma] += int(n)
-    irregular: dict[str, set[str]] = {}
-    if (root / "verb.exc").is_file():
-        for line in open(root / "verb.exc", encoding="utf-8", errors="replace"):
-            f = line.split()
-            if len(f) == 2:
-                irregular.setdefault(f[1], set()).add(f[0])
+    irregular = _exceptions(root / "verb.exc", max_bases=1)
     excl = {w.lower() for w in exclude}
     by_file: dict[str, set[str]] = {}
     for lemma, c in verb.items():
@@ -298,18 +312,6 @@ class AdjCategory(NamedTuple):
     """member adjectives (lower case) and their irregular forms (adj.exc: "bigger", "best")"""
     seen: tuple[str, ...]
     """members that occur in the counted text, most frequent first"""
-
-
-def _index_counts(path: Path) -> dict[str, tuple[int, list[str]]]:
-    """lemma -> (tagged sense count, synset offsets most frequent first) from an index.<pos> file."""
-    out = {}
-    if path.is_file():
-        for line in open(path, encoding="utf-8", errors="replace"):
-            if not line.startswith("  "):
-                f = line.split()
-                n_ptr = int(f[3])
-                out[f[0]] = (int(f[4 + n_ptr + 1]), f[4 + n_ptr + 2 :])
-    return out
 
 
 def adjective_categories(root: str | Path, counts: Counter, exclude: Iterable[str] = (), min_seen: int = 4,
@@ -342,31 +344,21 @@ def adjective_categories(root: str | Path, counts: Counter, exclude: Iterable[st
             if up:
                 head_of[f[0]] = up[0]
     adj = _index_counts(root / "index.adj")
+    index = {pos: _index_counts(root / f"index.{pos}") for pos in ("noun", "verb", "adv")}
     other: Counter = Counter()
-    for pos in ("noun", "verb", "adv"):
-        for lemma, (n, _) in _index_counts(root / f"index.{pos}").items():
+    for rows in index.values():
+        for lemma, (n, _) in rows.items():
             other[lemma] += n
     excl = {w.lower() for w in exclude}
-    verb_exc: dict[str, set[str]] = {}
-    if (root / "verb.exc").is_file():
-        for line in open(root / "verb.exc", encoding="utf-8", errors="replace"):
-            f = line.split()
-            if len(f) == 2:
-                verb_exc.setdefault(f[1], set()).add(f[0])
-    for v in _index_counts(root / "index.verb"):  # participles ("given", "boring") are verbs' forms, left out
+    verb_exc = _exceptions(root / "verb.exc", max_bases=1)
+    for v in index["verb"]:  # participles ("given", "boring") are verbs' forms, left out
         if re.fullmatch(r"[a-z]+", v):
             excl |= verb_forms(v, verb_exc) - {v, plural(v)}
     clusters: dict[str, set[str]] = {}
     for lemma, (n, offs) in adj.items():
         if re.fullmatch(r"[a-z]{3,}", lemma) and lemma not in excl and n > other[lemma] and offs[0] in head_of:
             clusters.setdefault(head_of[offs[0]], set()).add(lemma)
-    irregular: dict[str, set[str]] = {}
-    if (root / "adj.exc").is_file():
-        for line in open(root / "adj.exc", encoding="utf-8", errors="replace"):
-            f = line.split()
-            if len(f) >= 2:
-                for base in f[1:]:
-                    irregular.setdefault(base, set()).add(f[0])
+    irregular = _exceptions(root / "adj.exc")
     low = lower_counts(counts)
     total = sum(counts.values())
     out = []
